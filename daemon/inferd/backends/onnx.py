@@ -1,0 +1,132 @@
+"""onnxruntime on the CPU: float, QDQ, QOperator and dynamic-quantized models."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferd.backends import register
+from inferd.backends.base import TensorSpec
+from inferd.backends.onnx_graph import read_graph
+from inferd.errors import ModelLoadError
+from inferd.logs import LEVELS, native_stderr_to
+
+if TYPE_CHECKING:
+    from inferd.config import ModelConfig
+
+log = logging.getLogger("inferd.runtime.onnxruntime")
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+# inferd level -> onnxruntime severity (0 verbose, 1 info, 2 warning, 3 error)
+_SEVERITY = {"debug": 0, "info": 1, "warning": 2, "error": 3}
+
+
+class OnnxConfig(BaseModel):
+    """Options for onnxruntime (CPU execution provider)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["onnx"] = "onnx"
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimization level."
+    )
+
+
+@register("onnx")
+def load(cfg: ModelConfig, path: Path, runtime_level: str = "warning") -> OnnxBackend:
+    return OnnxBackend(cfg, path, runtime_level)
+
+
+class OnnxBackend:
+    runtime = "onnx"
+
+    def __init__(self, cfg: ModelConfig, path: Path, runtime_level: str = "warning") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelLoadError(
+                cfg.name, "onnxruntime is not installed (pip install 'inferd[onnx]')"
+            ) from None
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.threads or 0
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = _SEVERITY[runtime_level]
+        level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[cfg.runtime.graph_optimization]
+        opts.graph_optimization_level = level
+        try:
+            with native_stderr_to(log, LEVELS[runtime_level]):
+                self.session = ort.InferenceSession(
+                    str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+                )
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise ModelLoadError(cfg.name, f"onnxruntime cannot load {path}: {_explain(e)}") from None
+        try:
+            graph = read_graph(path)
+        except (ValueError, UnicodeDecodeError, IndexError) as e:
+            log.debug("cannot inspect the graph of %s: %s", path, e)
+            graph = None
+        self.quantization_format = graph.quantization_format if graph else None
+        self.quantized = self.quantization_format is not None
+        self.inputs = [
+            TensorSpec(
+                i.name,
+                _dims(i.shape),
+                np.dtype(_ORT_TYPES.get(i.type, np.float32)),
+                graph.input_quantization(i.name) if graph else None,
+            )
+            for i in self.session.get_inputs()
+        ]
+        self.outputs = [
+            TensorSpec(
+                o.name,
+                _dims(o.shape),
+                np.dtype(_ORT_TYPES.get(o.type, np.float32)),
+                graph.output_quantization(o.name) if graph else None,
+            )
+            for o in self.session.get_outputs()
+        ]
+        self._input_names = [i.name for i in self.inputs]
+        self._output_names = [o.name for o in self.outputs]
+        self._run = self.session.run
+
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return self._run(self._output_names, dict(zip(self._input_names, inputs, strict=True)))
+
+    def close(self) -> None:
+        self.session = None
+        self._run = None
+
+
+def _dims(shape: list) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)
+
+
+def _explain(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "Could not find an implementation" in text or "is not a registered function/op" in text:
+        return f"{text} (an op onnxruntime does not implement, e.g. a custom op; re-export with standard ops)"
+    if "Protobuf parsing failed" in text or "INVALID_PROTOBUF" in text:
+        return f"{text} (the file is not a valid ONNX model: truncated or corrupt?)"
+    if "opset" in text.lower() and "support" in text.lower():
+        return f"{text} (the model needs a newer onnxruntime)"
+    return text

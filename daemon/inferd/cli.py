@@ -1,0 +1,162 @@
+"""The command line: parse, call, print. The work is done elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from inferd import __version__
+from inferd.config import DEFAULT_PATH, ModelConfig, load_config
+from inferd.errors import InferdError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from inferd.logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except InferdError as e:
+        print(f"inferd: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="inferd", description="Edge inference daemon for ONNX and TFLite models."
+    )
+    p.add_argument("--version", action="version", version=f"inferd {__version__}")
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log level for this command (the daemon takes it from the config)",
+    )
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    c = sub.add_parser("check", help="validate a config, load and warm every model, print a report")
+    c.add_argument(
+        "-c", "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
+    )
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cmd_check)
+
+    m = sub.add_parser("models", help="describe a model file and measure its latency")
+    m.add_argument("path", type=Path, help="a .onnx or .tflite file")
+    m.add_argument("--runtime", choices=["onnx", "tflite"], help="default: from the extension")
+    m.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    m.add_argument("--runs", type=int, default=50, help="timed runs for the mean latency (default 50)")
+    m.add_argument("--json", action="store_true", help="print the report as JSON")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from inferd.models import load_models
+
+    try:
+        config, base_dir = load_config(args.config)
+    except InferdError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "config": str(args.config), "errors": [str(e)]}, indent=2))
+        else:
+            print(f"inferd check: {e}", file=sys.stderr)
+        return 1
+    loaded, failed = load_models(config, base_dir)
+    required_failed = [n for n in failed if next(m for m in config.models if m.name == n).required]
+    ok = not required_failed
+    report = {
+        "ok": ok,
+        "config": str(args.config),
+        "models": [m.describe() for m in loaded.values()],
+        "errors": [str(e) for e in failed.values()],
+        "degraded": sorted(n for n in failed if n not in required_failed),
+    }
+    for m in loaded.values():
+        m.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_check(report)
+    return 0 if ok else 1
+
+
+def print_check(report: dict) -> None:
+    print(f"config {report['config']}: {'OK' if report['ok'] else 'FAILED'}")
+    for m in report["models"]:
+        print_model(m)
+    for err in report["errors"]:
+        print(f"  error: {err}")
+    if report["degraded"]:
+        print(f"  degraded: optional model(s) not loaded: {', '.join(report['degraded'])}")
+
+
+def print_model(m: dict) -> None:
+    quant = m["quantization"] or ("quantized" if m["quantized"] else "float")
+    print(f"  model {m['name']}: {m['runtime']} ({m['runtime_package']}), {quant}, {m['path']}")
+    for kind in ("inputs", "outputs"):
+        for t in m[kind]:
+            dims = "x".join("?" if d < 0 else str(d) for d in t["shape"])
+            q = t["quantization"]
+            qtext = ""
+            if q and len(q["scale"]) == 1:
+                qtext = f"  scale {q['scale'][0]:.6g} zero_point {q['zero_point'][0]}"
+            elif q:
+                qtext = f"  per-channel ({len(q['scale'])} scales, axis {q['axis']})"
+            print(f"    {kind[:-1]:6} {t['name']:24} {dims:16} {t['dtype']:8}{qtext}")
+    if m.get("warm_latency_ms") is not None:
+        print(
+            f"    warm-up: {m['warmup_runs']} runs, first {m['first_run_ms']:.3f} ms, "
+            f"then {m['warm_latency_ms']:.3f} ms; loaded in {m['load_seconds']:.3f} s"
+        )
+    if m.get("mean_latency_ms") is not None:
+        print(
+            f"    latency: mean {m['mean_latency_ms']:.3f} ms over {m['runs']} runs "
+            f"({m['threads'] or 'all'} threads)"
+        )
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from inferd.models import load_model
+
+    entry = {"name": args.path.stem.replace(" ", "_") or "model", "path": str(args.path), "warmup": 1}
+    if args.runtime:
+        entry["runtime"] = args.runtime
+    if args.threads:
+        entry["threads"] = args.threads
+    try:
+        cfg = ModelConfig.model_validate(entry)
+    except ValueError as e:
+        print(f"inferd models: {e}", file=sys.stderr)
+        return 1
+    model = load_model(cfg, Path.cwd())
+    info = model.describe()
+    info["mean_latency_ms"], info["runs"] = measure(model, args.runs), args.runs
+    model.close()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_model(info)
+    return 0
+
+
+def measure(model, runs: int) -> float | None:
+    import numpy as np
+
+    if runs <= 0:
+        return None
+    inputs = [np.zeros([d or 1 for d in s.shape], s.dtype) for s in model.backend.inputs]
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        model.backend.infer(inputs)
+    return round((time.perf_counter() - t0) / runs * 1000, 4)

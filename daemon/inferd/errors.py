@@ -1,0 +1,35 @@
+"""The error hierarchy. Every message is meant for a field engineer: say what, where, and what to do."""
+
+from __future__ import annotations
+
+
+class InferdError(Exception):
+    """Base of every error inferd raises on purpose."""
+
+
+class ConfigError(InferdError):
+    """The config file is missing, unreadable, not YAML, or fails validation."""
+
+
+class ModelLoadError(InferdError):
+    """A model file could not be loaded: missing, corrupt, wrong runtime, bad checksum, unsupported op."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model
+
+
+class FrameError(InferdError):
+    """One frame was rejected. `reason` is a stable code for replies and metrics."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InferenceError(InferdError):
+    """The runtime failed on an input that passed validation."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(f"model {model!r}: {message}")
+        self.model = model

@@ -1,0 +1,215 @@
+"""A model ready to serve: file checks, backend, pre/postprocessing, warm-up."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferd.backends import create_backend, sniff_format
+from inferd.backends.base import Backend
+from inferd.config import Config, ModelConfig, PreprocessConfig
+from inferd.errors import ConfigError, FrameError, InferdError, InferenceError, ModelLoadError
+from inferd.postprocess import Decoded, make_postprocessor
+from inferd.preprocess import Preprocessor
+
+log = logging.getLogger("inferd.models")
+
+
+def resolve_path(path: Path, base_dir: Path) -> Path:
+    """Relative paths: against the config file's folder first, then the working directory."""
+    if path.is_absolute():
+        return path
+    first = base_dir / path
+    if not first.exists() and (Path.cwd() / path).exists():
+        return Path.cwd() / path
+    return first
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass
+class Model:
+    name: str
+    cfg: ModelConfig
+    path: Path
+    sha256: str
+    backend: Backend
+    labels: list[str] | None
+    preprocessors: list[Preprocessor]
+    postprocess: Any
+    load_seconds: float = 0.0
+    warmup_seconds: float | None = None  # mean of the warm-up runs after the first
+    first_run_seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> str:
+        return self.backend.runtime
+
+    def prepare(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Frame arrays (one per model input) to input tensors. Raises FrameError."""
+        if len(arrays) != len(self.preprocessors):
+            raise FrameError(
+                "parts",
+                f"model {self.name!r} takes {len(self.preprocessors)} input(s), the frame has {len(arrays)}",
+            )
+        return [pre(a) for pre, a in zip(self.preprocessors, arrays, strict=True)]
+
+    def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the backend; dequantize outputs when the config says so. Raises InferenceError."""
+        try:
+            outputs = self.backend.infer(inputs)
+        except Exception as e:  # the runtimes raise their own types
+            raise InferenceError(self.name, f"the runtime failed: {e}") from e
+        if self.cfg.dequantize_outputs or self.postprocess is not None:
+            outputs = [
+                spec.quantization.dequantize(out)
+                if spec.quantization is not None and out.dtype.kind in "iu"
+                else out
+                for spec, out in zip(self.backend.outputs, outputs, strict=True)
+            ]
+        return outputs
+
+    def decode(self, outputs: list[np.ndarray], source: str) -> Decoded:
+        if self.postprocess is None:
+            return None
+        try:
+            return self.postprocess(outputs, source)
+        except (ValueError, IndexError) as e:
+            raise InferenceError(self.name, f"postprocess {self.cfg.postprocess.type} failed: {e}") from e
+
+    def predict(self, arrays: list[np.ndarray], source: str = "") -> tuple[list[np.ndarray], Decoded]:
+        outputs = self.infer(self.prepare(arrays))
+        return outputs, self.decode(outputs, source)
+
+    def warm(self, runs: int) -> None:
+        inputs = [
+            np.zeros([d if d is not None else 1 for d in spec.shape], spec.dtype)
+            for spec in self.backend.inputs
+        ]
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self.backend.infer(inputs)
+            times.append(time.perf_counter() - t0)
+        if times:
+            self.first_run_seconds = times[0]
+            rest = times[1:] or times
+            self.warmup_seconds = sum(rest) / len(rest)
+
+    def describe(self) -> dict:
+        b = self.backend
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "runtime": b.runtime,
+            "runtime_package": getattr(b, "package", "onnxruntime" if b.runtime == "onnx" else None),
+            "quantized": b.quantized,
+            "quantization": getattr(b, "quantization_format", None),
+            "threads": self.cfg.threads,
+            "inputs": [s.to_dict() for s in b.inputs],
+            "outputs": [s.to_dict() for s in b.outputs],
+            "postprocess": self.cfg.postprocess.type,
+            "load_seconds": round(self.load_seconds, 4),
+            "warmup_runs": self.cfg.warmup,
+            "first_run_ms": _ms(self.first_run_seconds),
+            "warm_latency_ms": _ms(self.warmup_seconds),
+        }
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 4)
+
+
+def load_model(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning") -> Model:
+    """Check the file, load it in its runtime, build pre/postprocessing, warm it up."""
+    t0 = time.perf_counter()
+    path = resolve_path(cfg.path, base_dir)
+    check_model_file(cfg, path)
+    digest = file_sha256(path)
+    if cfg.sha256 and digest.lower() != cfg.sha256.lower():
+        raise ModelLoadError(
+            cfg.name,
+            f"sha256 of {path} is {digest}, the config pins {cfg.sha256.lower()}: "
+            "refusing to load (the file changed, or the pin is stale)",
+        )
+    backend = create_backend(cfg, path, runtime_level)
+    try:
+        labels = read_labels(cfg, base_dir)
+        pres = [
+            Preprocessor(cfg.preprocess if i == 0 else PreprocessConfig(), spec, cfg.name)
+            for i, spec in enumerate(backend.inputs)
+        ]
+        post = make_postprocessor(cfg.postprocess, backend.outputs, labels, cfg.name)
+    except InferdError as e:
+        backend.close()
+        raise ModelLoadError(cfg.name, str(e).removeprefix(f"model {cfg.name!r}: ")) from None
+    model = Model(cfg.name, cfg, path, digest, backend, labels, pres, post)
+    try:
+        model.warm(cfg.warmup)
+    except Exception as e:
+        backend.close()
+        raise ModelLoadError(cfg.name, f"warm-up inference failed: {e}") from None
+    model.load_seconds = time.perf_counter() - t0
+    log.info("loaded model %s (%s, %s) in %.3f s", cfg.name, backend.runtime, path, model.load_seconds)
+    return model
+
+
+def check_model_file(cfg: ModelConfig, path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(cfg.name, f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelLoadError(cfg.name, f"model path {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ModelLoadError(cfg.name, f"model file {path} is not readable by this user")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise ModelLoadError(cfg.name, f"model file {path} is empty")
+    kind = sniff_format(head)
+    want = cfg.runtime.type
+    if kind is not None and kind != want:
+        raise ModelLoadError(
+            cfg.name,
+            f"{path} looks like a {kind} model but the config says runtime: {want}; "
+            f"set runtime: {kind} (or fix the path)",
+        )
+
+
+def read_labels(cfg: ModelConfig, base_dir: Path) -> list[str] | None:
+    if cfg.labels is None:
+        return None
+    path = resolve_path(cfg.labels, base_dir)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"model {cfg.name!r}: labels file {path}: {e.strerror}") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
+def load_models(config: Config, base_dir: Path) -> tuple[dict[str, Model], dict[str, ModelLoadError]]:
+    """Load every model. Failures are returned, not raised: the caller knows which are required."""
+    loaded: dict[str, Model] = {}
+    failed: dict[str, ModelLoadError] = {}
+    for cfg in config.models:
+        try:
+            loaded[cfg.name] = load_model(cfg, base_dir, config.logging.runtime_level)
+        except ModelLoadError as e:
+            level = logging.ERROR if cfg.required else logging.WARNING
+            log.log(level, "%s%s", e, "" if cfg.required else " (not required: continuing degraded)")
+            failed[cfg.name] = e
+    return loaded, failed
