@@ -80,7 +80,9 @@ def test_bgr_frames_are_swapped_and_nhwc_layout_is_kept():
 
 def test_float_is_quantized_with_the_input_scale_and_zero_point():
     q = Quantization((0.0187,), (-14,))
-    pre = Preprocessor(PreprocessConfig(scale=1 / 255, mean=MEAN, std=STD), spec([1, 64, 64, 3], np.int8, q), "m")
+    pre = Preprocessor(
+        PreprocessConfig(scale=1 / 255, mean=MEAN, std=STD), spec([1, 64, 64, 3], np.int8, q), "m"
+    )
     frame = camera_frame(64, 64, seed=3)
     normalized = (frame / 255.0 - MEAN) / STD
     expected = np.clip(np.rint(normalized / 0.0187 - 14), -128, 127).astype(np.int8)

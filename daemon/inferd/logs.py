@@ -14,11 +14,20 @@ from collections.abc import Iterator
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _capture_lock = threading.Lock()
 
-# Severity words the runtimes put at the start of their lines.
-_SEVERITY = [
-    (re.compile(r"^\s*(E|F)\b|\b(ERROR|FATAL)\b"), logging.ERROR),
-    (re.compile(r"^\s*W\b|\bWARNING\b|\bW:onnxruntime"), logging.WARNING),
-    (re.compile(r"^\s*(I|V)\b|\bINFO\b|\bVERBOSE\b"), logging.INFO),
+# How the runtimes mark severity: onnxruntime "[W:onnxruntime:...", LiteRT "WARNING: ...".
+_ORT = re.compile(r"^\S+ \S+ \[([VIWEF]):onnxruntime:[^\]]*\]\s*")  # with its own timestamp
+_ORT_LEVELS = {
+    "V": logging.DEBUG,
+    "I": logging.INFO,
+    "W": logging.WARNING,
+    "E": logging.ERROR,
+    "F": logging.ERROR,
+}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_WORDS = [
+    (re.compile(r"^(ERROR|FATAL)\b"), logging.ERROR),
+    (re.compile(r"^WARNING\b"), logging.WARNING),
+    (re.compile(r"^(INFO|VERBOSE)\b"), logging.INFO),
 ]
 
 
@@ -34,11 +43,15 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(LEVELS.get(level, logging.INFO))
 
 
-def severity_of(line: str) -> int:
-    for pattern, level in _SEVERITY:
-        if pattern.search(line):
-            return level
-    return logging.INFO
+def severity_of(line: str) -> tuple[int, str]:
+    """The level of one line a runtime printed, and the line without its own timestamp."""
+    m = _ORT.match(line)
+    if m:
+        return _ORT_LEVELS[m.group(1)], line[m.end() :]
+    for pattern, level in _WORDS:
+        if pattern.match(line):
+            return level, line
+    return logging.WARNING, line
 
 
 @contextlib.contextmanager
@@ -60,7 +73,7 @@ def native_stderr_to(logger: logging.Logger, min_level: int) -> Iterator[None]:
             os.close(saved)
             tmp.seek(0)
             for raw in tmp.read().decode(errors="replace").splitlines():
-                line = raw.strip()
+                line = _ANSI.sub("", raw).strip()
                 if line:
-                    level = severity_of(line)
-                    logger.log(level if level >= min_level else logging.DEBUG, "%s", line)
+                    level, text = severity_of(line)
+                    logger.log(level if level >= min_level else logging.DEBUG, "%s", text)

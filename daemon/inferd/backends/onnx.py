@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferd.backends import register
-from inferd.backends.base import TensorSpec
+from inferd.backends.base import TensorSpec, available_cores
 from inferd.backends.onnx_graph import read_graph
 from inferd.errors import ModelLoadError
 from inferd.logs import LEVELS, native_stderr_to
@@ -62,7 +62,7 @@ class OnnxBackend:
                 cfg.name, "onnxruntime is not installed (pip install 'inferd[onnx]')"
             ) from None
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.threads or 0
+        opts.intra_op_num_threads = cfg.threads or available_cores()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = _SEVERITY[runtime_level]

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferd.backends import register
-from inferd.backends.base import Quantization, TensorSpec
+from inferd.backends.base import Quantization, TensorSpec, available_cores
 from inferd.errors import ModelLoadError
 from inferd.logs import LEVELS, native_stderr_to
 
@@ -63,7 +63,7 @@ class TfliteBackend:
                 "no TFLite runtime is installed (pip install 'inferd[tflite]', or "
                 "'inferd[tflite-legacy]' on 32-bit ARM)",
             ) from None
-        kwargs: dict = {"model_path": str(path), "num_threads": cfg.threads or -1}
+        kwargs: dict = {"model_path": str(path), "num_threads": cfg.threads or available_cores()}
         if not cfg.runtime.xnnpack:
             # The builtin op resolver without the default (XNNPACK) delegate.
             mod = __import__(interpreter.__module__, fromlist=["OpResolverType"])
