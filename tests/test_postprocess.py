@@ -114,7 +114,9 @@ def test_ssd_outputs_are_thresholded_counted_and_reordered_to_xyxy():
     classes = np.array([[2, 0, 1]], np.float32)
     scores = np.array([[0.9, 0.3, 0.8]], np.float32)
     count = np.array([2], np.float32)
-    specs = [TensorSpec(n, a.shape, a.dtype) for n, a in zip("bcsn", (boxes, classes, scores, count))]
+    specs = [
+        TensorSpec(n, a.shape, a.dtype) for n, a in zip("bcsn", (boxes, classes, scores, count), strict=True)
+    ]
     cfg = DetectPostprocess(type="detect", format="ssd", score_threshold=0.25)
     dets = Detect(cfg, specs, ["a", "b", "c"], "m")([boxes, classes, scores, count], "s")["detections"]
     # the third box is beyond `count`; the second is kept (0.3 >= 0.25); boxes become x1,y1,x2,y2
