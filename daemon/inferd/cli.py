@@ -12,6 +12,8 @@ from inferd import __version__
 from inferd.config import DEFAULT_PATH, ModelConfig, load_config
 from inferd.errors import InferdError
 
+CONFIG_HELP = f"config file (default {DEFAULT_PATH})"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cmd_check)
 
+    r = sub.add_parser("run", help="run the daemon in the foreground (logs to stderr)")
+    r.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH, help=CONFIG_HELP)
+    r.set_defaults(func=cmd_run)
+
     m = sub.add_parser("models", help="describe a model file and measure its latency")
     m.add_argument("path", type=Path, help="a .onnx or .tflite file")
     m.add_argument("--runtime", choices=["onnx", "tflite"], help="default: from the extension")
@@ -59,6 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="print the report as JSON")
     m.set_defaults(func=cmd_models)
     return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from inferd.daemon import Daemon
+    from inferd.logs import setup_logging
+
+    config, base_dir = load_config(args.config)
+    if args.log_level == "warning":  # not given on the command line: the config decides
+        setup_logging(config.logging.level)
+    daemon = Daemon(config, base_dir)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        daemon.start()
+    except OSError as e:
+        daemon.stop(0)
+        raise InferdError(str(e)) from None
+    while not stop.wait(1.0):
+        pass
+    daemon.stop()
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -150,6 +150,11 @@ class ModelConfig(Strict):
         description="onnx or tflite (default: from the file extension), or a mapping with runtime options."
     )
     threads: int | None = Field(None, ge=1, description="Intra-op threads (default: the cores available).")
+    instances: int = Field(
+        1,
+        ge=1,
+        description="Worker threads running this model in parallel (TFLite: one interpreter each).",
+    )
     sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$", description="Refuse to load the file unless it has this digest."
     )
@@ -196,11 +201,96 @@ class LoggingConfig(Strict):
     )
 
 
+ZMQ_ADDRESS = r"^(tcp|ipc|inproc)://.+"
+
+
+class EndpointConfig(Strict):
+    """A ZeroMQ socket frames come in on."""
+
+    type: Literal["pull", "sub", "router"] = Field(
+        description="pull: inferd binds, cameras PUSH; sub: inferd connects to a camera's PUB; "
+        "router: request/reply, every request gets exactly one reply."
+    )
+    bind: str | None = Field(None, pattern=ZMQ_ADDRESS, description="Address to bind (pull, router).")
+    connect: list[str] | str | None = Field(
+        None, description="Address(es) to connect to (sub; also allowed for pull and router)."
+    )
+    topics: list[str] = Field(
+        default_factory=lambda: [""], description="sub: topic prefixes to subscribe to (default: all)."
+    )
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest frame accepted (ZMQ_MAXMSGSIZE per part, and the sum)."
+    )
+    max_elements: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest frame in array elements (decoded images included)."
+    )
+    rcvhwm: int = Field(16, ge=0, description="ZeroMQ receive high-water mark, in messages.")
+
+    @model_validator(mode="after")
+    def _address(self) -> EndpointConfig:
+        if isinstance(self.connect, str):
+            object.__setattr__(self, "connect", [self.connect])
+        if not self.bind and not self.connect:
+            raise ValueError("needs bind (pull, router) or connect (sub)")
+        if self.type == "sub" and self.bind:
+            raise ValueError("a sub endpoint connects to publishers: use connect, not bind")
+        return self
+
+
+class ResultsConfig(Strict):
+    bind: str | None = Field(
+        None, pattern=ZMQ_ADDRESS, description="PUB socket for results (topic model/source)."
+    )
+    sndhwm: int = Field(1000, ge=0, description="High-water mark of the results socket, in messages.")
+
+
+class MetricsConfig(Strict):
+    listen: str | None = Field(
+        "127.0.0.1:9464", description="HOST:PORT of the metrics and health HTTP server; null disables it."
+    )
+
+
+class RouteConfig(Strict):
+    sources: list[str] = Field(description="Source names or glob patterns (cam*, *).")
+    models: list[str] = Field(min_length=1, description="Models every matching frame is sent to.")
+
+
+class SourceConfig(Strict):
+    match: str = Field("*", description="Source name or glob pattern; the first matching entry wins.")
+    policy: Literal["latest", "fifo"] = Field(
+        "latest",
+        description="latest: keep the newest frames, drop older (cameras); fifo: never drop, "
+        "push back on the sender through ZeroMQ high-water marks (sensors).",
+    )
+    queue_size: int = Field(2, ge=1, description="Frames queued per source and model.")
+    max_age_ms: float | None = Field(
+        None, gt=0, description="Drop frames older than this (from their capture time) before inference."
+    )
+
+
 class Config(Strict):
     """The whole file."""
 
     models: list[ModelConfig] = Field(min_length=1, description="The models to load.")
+    endpoints: list[EndpointConfig] = Field(default_factory=list, description="Where frames come in.")
+    results: ResultsConfig = Field(default_factory=ResultsConfig)
+    routes: list[RouteConfig] = Field(
+        default_factory=list,
+        description="Which models a frame goes to when its header names none (default: every model).",
+    )
+    sources: list[SourceConfig] = Field(default_factory=list, description="Queue policy per source.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _routes_name_models(self) -> Config:
+        names = {m.name for m in self.models}
+        for i, route in enumerate(self.routes):
+            unknown = [m for m in route.models if m not in names]
+            if unknown:
+                known = ", ".join(sorted(names))
+                raise ValueError(f"routes[{i}] names unknown model(s) {', '.join(unknown)}; models: {known}")
+        return self
 
     @field_validator("models")
     @classmethod
@@ -275,6 +365,6 @@ def format_errors(source: str, error: ValidationError) -> str:
         msgs = by_key.setdefault(key_path(err["loc"]), [])
         if msg not in msgs:
             msgs.append(msg)
-    lines = [f"{source}: {len(by_key)} error(s) in the config"]
+    lines = [f"{source}: {sum(len(m) for m in by_key.values())} error(s) in the config"]
     lines += [f"  {key}: {'; or: '.join(msgs)}" for key, msgs in by_key.items()]
     return "\n".join(lines)

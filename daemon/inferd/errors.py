@@ -33,3 +33,18 @@ class InferenceError(InferdError):
     def __init__(self, model: str, message: str) -> None:
         super().__init__(f"model {model!r}: {message}")
         self.model = model
+
+
+class RequestError(InferdError):
+    """Client side: the daemon answered a request with an error. `reason` is its code."""
+
+    def __init__(self, reason: str, message: str, header: dict | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason, self.message, self.header = reason, message, header or {}
+
+
+class RequestTimeout(RequestError):
+    """Client side: no answer before the timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("timeout", message)

@@ -1,0 +1,253 @@
+"""What a camera or sensor process imports to send frames to inferd and read its results.
+
+    from inferd.client import InferClient
+    result = InferClient("tcp://127.0.0.1:5555").infer(frame, model="classifier", source="cam0")
+    result.outputs      # list of numpy arrays (postprocess: raw)
+    result.result       # {"classes": [...]} or {"detections": [...]} for classify / detect
+
+Every method that waits has a timeout; errors are RequestError (with .reason) or RequestTimeout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from inferd.errors import RequestError, RequestTimeout
+from inferd.protocol import VERSION, decode_tensors, encode_header
+
+_JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Result:
+    """One answer from inferd: status ok (outputs or a decoded result) or error (reason, message)."""
+
+    header: dict
+    outputs: list[np.ndarray] = field(default_factory=list)
+    topic: str | None = None
+
+    status = property(lambda self: self.header.get("status"))
+    model = property(lambda self: self.header.get("model"))
+    source = property(lambda self: self.header.get("source"))
+    seq = property(lambda self: self.header.get("seq"))
+    id = property(lambda self: self.header.get("id"))
+    timings = property(lambda self: self.header.get("timings", {}))
+    result = property(lambda self: self.header.get("result"))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def reason(self) -> str | None:
+        return (self.header.get("error") or {}).get("reason")
+
+    @property
+    def classes(self) -> list[dict]:
+        return (self.result or {}).get("classes", [])
+
+    @property
+    def detections(self) -> list[dict]:
+        return (self.result or {}).get("detections", [])
+
+    def raise_for_status(self) -> Result:
+        if not self.ok:
+            err = self.header.get("error") or {}
+            raise RequestError(err.get("reason", "unknown"), err.get("message", ""), self.header)
+        return self
+
+
+def parse_result(parts: list, topic: str | None = None) -> Result:
+    import json
+
+    header = json.loads(bytes(parts[0]))
+    outputs = decode_tensors(header.get("outputs", []), parts[1:]) if header.get("status") == "ok" else []
+    return Result(header, outputs, topic)
+
+
+def frame_message(
+    frame: np.ndarray | bytes,
+    source: str,
+    seq: int,
+    model: str | list[str] | None = None,
+    ts: float | None = None,
+    request_id: str | None = None,
+    deadline: float | None = None,
+    encoding: str | None = None,
+) -> list[Any]:
+    """[header, payload] for one frame: raw arrays go as their own buffer (no copy)."""
+    header: dict[str, Any] = {
+        "v": VERSION,
+        "source": source,
+        "seq": seq,
+        "ts": time.time() if ts is None else ts,
+    }
+    if isinstance(frame, np.ndarray):
+        frame = np.ascontiguousarray(frame)
+        header.update(shape=list(frame.shape), dtype=frame.dtype.name, encoding="raw")
+        payload: Any = frame
+    else:
+        payload = bytes(frame) if not isinstance(frame, (bytes, memoryview)) else frame
+        if encoding is None:
+            head = bytes(payload[:8])
+            encoding = "jpeg" if head.startswith(_JPEG) else "png" if head.startswith(_PNG) else None
+            if encoding is None:
+                raise ValueError("bytes frames must be JPEG or PNG (or pass encoding=)")
+        header["encoding"] = encoding
+    if model is not None:
+        header["model"] = model
+    if request_id is not None:
+        header["id"] = request_id
+    if deadline is not None:
+        header["deadline"] = deadline
+    return [encode_header(header), payload]
+
+
+class InferClient:
+    """Request/reply against a `router` endpoint. One request at a time; not thread-safe."""
+
+    def __init__(
+        self, endpoint: str, timeout: float = 5.0, source: str = "client", context: zmq.Context | None = None
+    ) -> None:
+        self.endpoint, self.timeout, self.source = endpoint, timeout, source
+        self.ctx = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._seq = itertools.count()
+        self._socket = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def infer(
+        self,
+        frame: np.ndarray | bytes,
+        model: str | None = None,
+        source: str | None = None,
+        seq: int | None = None,
+        ts: float | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Send one frame, wait for its answer. Raises RequestError (rejected) or RequestTimeout."""
+        timeout = self.timeout if timeout is None else timeout
+        rid = f"{id(self):x}-{next(self._ids)}"
+        deadline = time.time() + timeout
+        msg = frame_message(
+            frame, source or self.source, next(self._seq) if seq is None else seq, model, ts, rid, deadline
+        )
+        self._socket.send_multipart([b"", *msg], copy=False)
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            if not self._socket.poll(left * 1000):
+                break
+            parts = self._socket.recv_multipart(copy=False)
+            if parts and len(parts[0]) == 0:
+                parts = parts[1:]
+            result = parse_result(parts)
+            if result.id == rid:
+                return result.raise_for_status()
+            # a late answer to an earlier request that timed out: ignore it
+        # reset the socket so a late reply or a queued request cannot confuse the next call
+        self._socket.close(linger=0)
+        self._socket = self._connect()
+        raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.3g} s")
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> InferClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FramePublisher:
+    """Streams frames to a `pull` endpoint (mode push) or to `sub` endpoints (mode pub, binds)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        source: str = "cam0",
+        mode: str = "push",
+        bind: bool | None = None,
+        sndhwm: int = 4,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if mode not in ("push", "pub"):
+            raise ValueError("mode must be 'push' or 'pub'")
+        self.source, self.mode = source, mode
+        self.ctx = context or zmq.Context.instance()
+        self.socket = self.ctx.socket(zmq.PUSH if mode == "push" else zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self.socket.setsockopt(zmq.LINGER, 1000)
+        if bind if bind is not None else mode == "pub":
+            self.socket.bind(endpoint)
+        else:
+            self.socket.connect(endpoint)
+        self._seq = itertools.count()
+
+    def send(
+        self,
+        frame: np.ndarray | bytes,
+        model: str | list[str] | None = None,
+        seq: int | None = None,
+        ts: float | None = None,
+        block: bool = True,
+    ) -> bool:
+        """Send one frame. With block=False returns False instead of waiting at the high-water mark."""
+        msg = frame_message(frame, self.source, next(self._seq) if seq is None else seq, model, ts)
+        if self.mode == "pub":
+            msg = [self.source.encode(), *msg]
+        try:
+            self.socket.send_multipart(msg, copy=False, flags=0 if block else zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> FramePublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ResultSubscriber:
+    """Reads results from inferd's `results` PUB socket; topics are "<model>/<source>" prefixes."""
+
+    def __init__(
+        self, endpoint: str, topics: list[str] | str = "", context: zmq.Context | None = None
+    ) -> None:
+        self.ctx = context or zmq.Context.instance()
+        self.socket = self.ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for t in [topics] if isinstance(topics, str) else topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, t.encode())
+        self.socket.connect(endpoint)
+
+    def recv(self, timeout: float = 5.0) -> Result:
+        """The next result (ok or error: check .ok). Raises RequestTimeout."""
+        if not self.socket.poll(timeout * 1000):
+            raise RequestTimeout(f"no result within {timeout:.3g} s")
+        topic, *parts = self.socket.recv_multipart(copy=False)
+        return parse_result(parts, topic.bytes.decode(errors="replace"))
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> ResultSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,135 @@
+"""Prometheus metrics: one registry per daemon (never the global one), the metric objects, the server."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from inferd import __version__
+
+# Edge latencies: 100 us to 10 s.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return ""
+
+
+class Metrics:
+    """Every metric inferd exports, registered on `registry`."""
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, buckets: tuple[float, ...] = LATENCY_BUCKETS
+    ) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.frames_received = Counter(
+            "inferd_frames_received", "Frames received, by source.", ["source"], registry=r
+        )
+        self.frames_dropped = Counter(
+            "inferd_frames_dropped",
+            "Valid frames not served: queue full, stale, deadline passed, shutdown.",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.frames_rejected = Counter(
+            "inferd_frames_rejected",
+            "Frames refused as invalid: bad header, size, shape, dtype, decode, unknown model...",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.inferences = Counter(
+            "inferd_inferences", "Frames run through a model, by status.", ["model", "status"], registry=r
+        )
+        self.inference_seconds = Histogram(
+            "inferd_inference_seconds",
+            "Time inside the runtime per batch.",
+            ["model"],
+            buckets=buckets,
+            registry=r,
+        )
+        self.preprocess_seconds = Histogram(
+            "inferd_preprocess_seconds",
+            "Decode and preprocessing time per frame.",
+            ["model"],
+            buckets=buckets,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "inferd_queue_wait_seconds",
+            "Time a frame waited in its queue.",
+            ["model"],
+            buckets=buckets,
+            registry=r,
+        )
+        self.frame_latency_seconds = Histogram(
+            "inferd_frame_latency_seconds",
+            "Capture timestamp (or receipt) to result sent.",
+            ["model", "source"],
+            buckets=buckets,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inferd_batch_size", "Frames per runtime call.", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("inferd_queue_depth", "Frames waiting, by source.", ["source"], registry=r)
+        self.model_loaded = Gauge(
+            "inferd_model_loaded", "1 when the model is loaded and warm.", ["model"], registry=r
+        )
+        self.model_info = Gauge(
+            "inferd_model_info",
+            "The loaded model's file and runtime (value 1).",
+            ["model", "runtime", "path", "sha256", "quantized"],
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "inferd_model_load_seconds", "Load and warm-up time of the model.", ["model"], registry=r
+        )
+        Info("inferd_build", "inferd and runtime versions.", registry=r).info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "onnxruntime": _package_version("onnxruntime"),
+                "litert": _package_version("ai-edge-litert") or _package_version("tflite-runtime"),
+            }
+        )
+
+    def model_up(self, model) -> None:
+        info = model.describe()
+        self.model_loaded.labels(model.name).set(1)
+        self.model_info.labels(
+            model.name, info["runtime"], info["path"], info["sha256"], str(info["quantized"]).lower()
+        ).set(1)
+        self.model_load_seconds.labels(model.name).set(model.load_seconds)
+
+    def serve(self, listen: str):
+        """Start the HTTP server on HOST:PORT in a daemon thread; returns the server."""
+        from prometheus_client import start_http_server
+
+        host, _, port = listen.rpartition(":")
+        server, _thread = start_http_server(
+            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
+        )
+        return server

@@ -1,0 +1,261 @@
+"""Per-source queues per model, drop policies, fair scheduling, and the worker threads.
+
+Data flow: transport (IO thread) -> ModelQueue.put -> Worker.take -> preprocess -> backend
+-> postprocess -> Outbox (back to the IO thread, which owns the sockets).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from inferd.config import SourceConfig
+from inferd.errors import FrameError, InferenceError
+from inferd.protocol import FrameHeader, decode_payload
+
+log = logging.getLogger("inferd.pipeline")
+
+
+@dataclass(eq=False, slots=True)
+class Frame:
+    """One received frame, shared by every model it is routed to."""
+
+    header: FrameHeader
+    payloads: list[Any]  # zmq.Frame / bytes, one per header part
+    received: float  # time.monotonic() at receipt
+    received_wall: float  # time.time() at receipt
+    reply_to: tuple[int, list[Any]] | None = None  # (router endpoint index, envelope); None: publish
+    max_elements: int | None = None
+    arrays: list[np.ndarray] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def source(self) -> str:
+        return self.header.source
+
+    def decoded(self) -> list[np.ndarray]:
+        """The payloads as arrays; JPEG/PNG decoding happens once, in the first worker that asks."""
+        if self.arrays is None:
+            with self._lock:
+                if self.arrays is None:
+                    self.arrays = [
+                        decode_payload(spec, data, self.max_elements)
+                        for spec, data in zip(self.header.parts, self.payloads, strict=True)
+                    ]
+        return self.arrays
+
+    def age(self, now_wall: float) -> float:
+        """Seconds since capture (or since receipt when the sender gave no timestamp)."""
+        return now_wall - (self.header.ts if self.header.ts is not None else self.received_wall)
+
+
+class SourcePolicies:
+    """Which queue policy applies to a source: the first matching `sources` entry, else the default."""
+
+    def __init__(self, entries: list[SourceConfig]) -> None:
+        self.entries = entries
+        self.default = SourceConfig()
+        self._cache: dict[str, SourceConfig] = {}
+
+    def __call__(self, source: str) -> SourceConfig:
+        policy = self._cache.get(source)
+        if policy is None:
+            policy = next((e for e in self.entries if fnmatch.fnmatchcase(source, e.match)), self.default)
+            if len(self._cache) < 4096:
+                self._cache[source] = policy
+        return policy
+
+
+Dropped = Callable[[Frame, str], None]
+
+
+class ModelQueue:
+    """Bounded per-source queues for one model, served round-robin so no source starves another."""
+
+    def __init__(self, model: str, policies: SourcePolicies, on_drop: Dropped) -> None:
+        self.model = model
+        self.policies = policies
+        self.on_drop = on_drop
+        self._queues: dict[str, deque[Frame]] = {}
+        self._ready: deque[str] = deque()  # sources with frames waiting, in serving order
+        self._cond = threading.Condition()
+        self._closed = False
+        self.size = 0
+
+    def put(self, frame: Frame) -> bool:
+        """Queue a frame. False when a fifo queue is full: the caller keeps the frame and retries."""
+        policy = self.policies(frame.source)
+        dropped = None
+        with self._cond:
+            if self._closed:
+                dropped = frame
+            else:
+                q = self._queues.get(frame.source)
+                if q is None:
+                    q = self._queues[frame.source] = deque()
+                if len(q) >= policy.queue_size:
+                    if policy.policy == "fifo":
+                        return False
+                    dropped = q.popleft()
+                    self.size -= 1
+                if not q:
+                    self._ready.append(frame.source)
+                q.append(frame)
+                self.size += 1
+                self._cond.notify()
+        if dropped is not None:
+            self.on_drop(dropped, "shutdown" if dropped is frame else "queue_full")
+        return True
+
+    def take(self, timeout: float) -> Frame | None:
+        """The next frame, fairly across sources; None after `timeout` or when closed and empty."""
+        with self._cond:
+            if not self._ready:
+                if self._closed:
+                    return None
+                self._cond.wait(timeout)
+                if not self._ready:
+                    return None
+            source = self._ready.popleft()
+            q = self._queues[source]
+            frame = q.popleft()
+            self.size -= 1
+            if q:
+                self._ready.append(source)
+            return frame
+
+    def depth(self, source: str) -> int:
+        q = self._queues.get(source)
+        return len(q) if q else 0
+
+    def has_room(self, source: str) -> bool:
+        return self.depth(source) < self.policies(source).queue_size
+
+    def remove_if(self, test: Callable[[Frame], str | None]) -> list[tuple[Frame, str]]:
+        """Take out queued frames for which `test` gives a reason (expired deadlines, shutdown)."""
+        out: list[tuple[Frame, str]] = []
+        with self._cond:
+            for source, q in self._queues.items():
+                if not q:
+                    continue
+                keep: deque[Frame] = deque()
+                for frame in q:
+                    reason = test(frame)
+                    if reason is None:
+                        keep.append(frame)
+                    else:
+                        out.append((frame, reason))
+                if len(keep) != len(q):
+                    self.size -= len(q) - len(keep)
+                    self._queues[source] = keep
+                    if not keep and source in self._ready:
+                        self._ready.remove(source)
+        return out
+
+    def close(self) -> None:
+        """Accept no more frames; workers drain what is queued, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclass(slots=True)
+class Timings:
+    queue: float = 0.0
+    preprocess: float = 0.0
+    inference: float = 0.0
+    total: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "queue_ms": round(self.queue * 1000, 3),
+            "preprocess_ms": round(self.preprocess * 1000, 3),
+            "inference_ms": round(self.inference * 1000, 3),
+            "total_ms": round(self.total * 1000, 3),
+        }
+
+
+class Worker(threading.Thread):
+    """One model instance: takes frames from its model's queue and runs them end to end."""
+
+    def __init__(
+        self, model, queue: ModelQueue, sink, metrics, policies: SourcePolicies, index: int = 0
+    ) -> None:
+        super().__init__(name=f"worker-{model.name}-{index}", daemon=True)
+        self.model, self.queue, self.sink, self.metrics, self.policies = model, queue, sink, metrics, policies
+        self.busy_since: float | None = None  # monotonic start of the current inference (watchdog)
+        self.last_progress = time.monotonic()
+        m = model.name
+        self._infer_hist = metrics.inference_seconds.labels(m)
+        self._pre_hist = metrics.preprocess_seconds.labels(m)
+        self._wait_hist = metrics.queue_wait_seconds.labels(m)
+        self._batch_hist = metrics.batch_size.labels(m)
+        self._ok = metrics.inferences.labels(m, "ok")
+        self._err = metrics.inferences.labels(m, "error")
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.sink.release()
+
+    def _loop(self) -> None:
+        while True:
+            frame = self.queue.take(timeout=0.5)
+            self.last_progress = time.monotonic()
+            if frame is None:
+                if self.queue._closed:
+                    return
+                continue
+            try:
+                self.process(frame)
+            except Exception:  # a bug must not kill the worker; the frame still gets an answer
+                log.exception("model %s: unexpected error on a frame from %s", self.model.name, frame.source)
+                self.sink.error(frame, self.model.name, "internal", "internal error, see the daemon log")
+            self.last_progress = time.monotonic()
+
+    def process(self, frame: Frame) -> None:
+        model = self.model
+        start = time.monotonic()
+        t = Timings(queue=start - frame.received)
+        self._wait_hist.observe(t.queue)
+        max_age = self.policies(frame.source).max_age_ms
+        if max_age is not None and frame.age(time.time()) * 1000 > max_age:
+            self.sink.drop(frame, model.name, "stale")
+            return
+        if frame.header.deadline is not None and time.time() > frame.header.deadline:
+            self.sink.drop(frame, model.name, "deadline")
+            return
+        try:
+            inputs = model.prepare(frame.decoded())
+        except FrameError as e:
+            self.sink.reject(frame, model.name, e.reason, str(e))
+            return
+        t1 = time.monotonic()
+        t.preprocess = t1 - start
+        self._pre_hist.observe(t.preprocess)
+        self.busy_since = t1
+        try:
+            outputs = model.infer(inputs)
+            t2 = time.monotonic()
+            decoded = model.decode(outputs, frame.source)
+        except InferenceError as e:
+            self.busy_since = None
+            self._err.inc()
+            self.sink.error(frame, model.name, "inference", str(e))
+            return
+        self.busy_since = None
+        t.inference = t2 - t1
+        self._infer_hist.observe(t.inference)
+        self._batch_hist.observe(1)
+        self._ok.inc()
+        t.total = time.monotonic() - frame.received
+        self.sink.result(frame, model, outputs, decoded, t)

@@ -1,0 +1,353 @@
+"""ZeroMQ sockets: ingest (PULL / SUB / ROUTER), results (PUB), and the IO thread that owns them.
+
+ZeroMQ sockets are not thread-safe, so one IO thread owns every socket. Workers hand their
+replies back through an inproc PUSH socket of their own (the Outbox); the IO thread forwards
+them to the PUB socket or to the ROUTER peer that asked. Tensors travel with copy=False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from inferd.config import Config, EndpointConfig
+from inferd.errors import FrameError
+from inferd.pipeline import Frame, Timings
+from inferd.protocol import VERSION, decode_header, decode_payload, encode_header, tensor_specs
+
+log = logging.getLogger("inferd.transport")
+
+OUTBOX = "inproc://inferd-outbox"
+PUBLISH, REPLY = b"P", b"R"
+MAX_SOURCES = 1024  # bounds metric label cardinality against senders inventing source names
+SWEEP_S = 0.02  # how often queued frames are checked for passed deadlines
+
+
+class RateLimitedLog:
+    """Log rejects at WARNING at most once per `period` per reason; count the rest silently."""
+
+    def __init__(self, period: float = 10.0) -> None:
+        self.period, self._last, self._suppressed = period, {}, {}
+
+    def __call__(self, reason: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -1e9) >= self.period:
+            n = self._suppressed.pop(reason, 0)
+            log.warning(msg + (f" (+{n} more since)" if n else ""), *args)
+            self._last[reason] = now
+        else:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+
+
+class Replies:
+    """Builds result and error messages, counts them, and hands them to the IO thread.
+
+    Each calling thread gets its own inproc PUSH socket.
+    """
+
+    def __init__(self, ctx: zmq.Context, metrics) -> None:
+        self.ctx, self.metrics = ctx, metrics
+        self._local = threading.local()
+        self._sockets: list[zmq.Socket] = []
+        self._lock = threading.Lock()
+        self.warn = RateLimitedLog()
+
+    def _socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self.ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, 0)  # never block or drop a reply
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(OUTBOX)
+            self._local.sock = sock
+            with self._lock:
+                self._sockets.append(sock)
+        return sock
+
+    def _send(self, frame: Frame | None, reply_to, model: str, source: str, header: dict, tensors=()) -> None:
+        head = encode_header(header)
+        if reply_to is not None:
+            ep, envelope = reply_to
+            parts = [REPLY + bytes([ep]), *envelope, head, *tensors]
+        else:
+            parts = [PUBLISH, f"{model or '_'}/{source or '_'}".encode(), head, *tensors]
+        self._socket().send_multipart(parts, copy=False)
+
+    def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
+        h = frame.header
+        header: dict[str, Any] = {
+            "v": VERSION,
+            "status": "ok",
+            "model": model.name,
+            "source": h.source,
+            "seq": h.seq,
+            "timings": t.to_json(),
+        }
+        if h.id is not None:
+            header["id"] = h.id
+        if h.ts is not None:
+            header["ts"] = h.ts
+        tensors = ()
+        if decoded is None:
+            header["outputs"] = tensor_specs(outputs, [o.name for o in model.backend.outputs])
+            tensors = [memoryview(o) if o.flags.c_contiguous else o.tobytes() for o in outputs]
+        else:
+            header["result"] = decoded
+        self._send(frame, frame.reply_to, model.name, h.source, header, tensors)
+        latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
+        self.metrics.frame_latency_seconds.labels(model.name, h.source).observe(max(latency, 0.0))
+
+    def _error(self, reply_to, model: str, source: str, seq, rid, reason: str, message: str) -> None:
+        header: dict[str, Any] = {
+            "v": VERSION,
+            "status": "error",
+            "error": {"reason": reason, "message": message},
+            "model": model,
+            "source": source,
+            "seq": seq,
+        }
+        if rid is not None:
+            header["id"] = rid
+        self._send(None, reply_to, model, source, header)
+
+    def reject(self, frame: Frame, model: str, reason: str, message: str) -> None:
+        """A frame refused as invalid."""
+        self.metrics.frames_rejected.labels(frame.source, reason).inc()
+        self.warn(reason, "rejected a frame from %s for %s: %s", frame.source, model or "-", message)
+        h = frame.header
+        self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, message)
+
+    def reject_raw(self, reply_to, source: str, reason: str, message: str) -> None:
+        """A message refused before it had a valid header."""
+        self.metrics.frames_rejected.labels(source, reason).inc()
+        self.warn(reason, "rejected a message (%s): %s", reason, message)
+        self._error(reply_to, "", source, None, None, reason, message)
+
+    def drop(self, frame: Frame, model: str, reason: str) -> None:
+        """A valid frame not served (queue full, stale, deadline, shutdown); a router peer is answered."""
+        self.metrics.frames_dropped.labels(frame.source, reason).inc()
+        if frame.reply_to is not None:
+            h = frame.header
+            self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, f"frame dropped: {reason}")
+
+    def error(self, frame: Frame, model: str, reason: str, message: str) -> None:
+        """A valid frame the model failed on."""
+        log.error("model %s failed on a frame from %s: %s", model, frame.source, message)
+        h = frame.header
+        self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, message)
+
+    def release(self) -> None:
+        """Close the calling thread's socket (each thread calls this as it ends)."""
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            with self._lock:
+                self._sockets.remove(sock)
+            sock.close(linger=1000)
+            self._local.sock = None
+
+
+class Transport:
+    """Binds the sockets and runs the IO loop: receive, validate, dispatch; forward replies."""
+
+    def __init__(self, ctx: zmq.Context, config: Config, dispatcher, replies: Replies, metrics) -> None:
+        self.ctx, self.config, self.dispatcher, self.replies, self.metrics = (
+            ctx,
+            config,
+            dispatcher,
+            replies,
+            metrics,
+        )
+        self.ingest: list[zmq.Socket] = []
+        self.pub: zmq.Socket | None = None
+        self.outbox: zmq.Socket | None = None
+        self.accepting = threading.Event()
+        self.stopped = threading.Event()
+        self._pending: dict[int, tuple[Frame, list]] = {}  # fifo backpressure: endpoint -> waiting frame
+        self._sources: set[str] = set()
+        self.last_loop = time.monotonic()
+
+    def bind(self) -> None:
+        self.outbox = self.ctx.socket(zmq.PULL)
+        self.outbox.bind(OUTBOX)
+        for ep in self.config.endpoints:
+            self.ingest.append(self._endpoint(ep))
+        res = self.config.results
+        if res.bind:
+            self.pub = self.ctx.socket(zmq.PUB)
+            self.pub.setsockopt(zmq.SNDHWM, res.sndhwm)
+            self.pub.setsockopt(zmq.LINGER, 1000)
+            self.pub.bind(res.bind)
+        self.accepting.set()
+
+    def _endpoint(self, ep: EndpointConfig) -> zmq.Socket:
+        kind = {"pull": zmq.PULL, "sub": zmq.SUB, "router": zmq.ROUTER}[ep.type]
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.MAXMSGSIZE, ep.max_message_bytes)
+        sock.setsockopt(zmq.RCVHWM, ep.rcvhwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        if ep.type == "router":
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished peer's reply is dropped, never blocks
+            sock.setsockopt(zmq.SNDHWM, 1000)
+        if ep.type == "sub":
+            for topic in ep.topics:
+                sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        try:
+            if ep.bind:
+                sock.bind(ep.bind)
+            for addr in ep.connect or []:
+                sock.connect(addr)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            raise OSError(f"endpoint {ep.type} {ep.bind or ep.connect}: {e}") from None
+        return sock
+
+    # ---- the IO loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.outbox, zmq.POLLIN)
+        polled = set()
+        last_sweep = time.monotonic()
+        while not self.stopped.is_set():
+            self.last_loop = now = time.monotonic()
+            # endpoints with a frame waiting for room in a fifo queue are not read (backpressure)
+            want = (
+                {i for i in range(len(self.ingest)) if i not in self._pending}
+                if self.accepting.is_set()
+                else set()
+            )
+            for i in want - polled:
+                poller.register(self.ingest[i], zmq.POLLIN)
+            for i in polled - want:
+                poller.unregister(self.ingest[i])
+            polled = want
+            timeout = 5 if self._pending else 50
+            events = dict(poller.poll(timeout))
+            if self.outbox in events:
+                self._forward()
+            for i in polled:
+                if self.ingest[i] in events:
+                    self._receive(i)
+            if self._pending:
+                self._retry_pending()
+            if now - last_sweep >= SWEEP_S:
+                last_sweep = now
+                self.dispatcher.expire()
+        self.replies.release()
+        self._flush_outbox()
+
+    def _receive(self, index: int, budget: int = 64) -> None:
+        """Read up to `budget` messages from one endpoint without blocking (fair across endpoints)."""
+        sock = self.ingest[index]
+        ep = self.config.endpoints[index]
+        for _ in range(budget):
+            if index in self._pending:
+                return
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._ingest(index, ep, parts)
+
+    def _ingest(self, index: int, ep: EndpointConfig, parts: list[zmq.Frame]) -> None:
+        reply_to = None
+        if ep.type == "router":
+            # [identity, (b"" delimiter from REQ), header, payload...]
+            cut = next((i for i, p in enumerate(parts[:8]) if len(p) == 0), 0)
+            envelope, parts = parts[: cut + 1], parts[cut + 1 :]
+            reply_to = (index, envelope)
+        elif ep.type == "sub":
+            parts = parts[1:]  # the topic
+        if not parts:
+            self.replies.reject_raw(reply_to, "unknown", "parts", "message has no header part")
+            return
+        try:
+            header = decode_header(parts[0].buffer)
+        except FrameError as e:
+            self.replies.reject_raw(reply_to, "unknown", e.reason, str(e))
+            return
+        source = header.source
+        if source not in self._sources:
+            if len(self._sources) >= MAX_SOURCES:
+                self.replies.reject_raw(
+                    reply_to, "_overflow", "too_many_sources", f"more than {MAX_SOURCES} distinct sources"
+                )
+                return
+            self._sources.add(source)
+        frame = Frame(header, [], time.monotonic(), time.time(), reply_to, ep.max_elements)
+        self.metrics.frames_received.labels(source).inc()
+        payloads = parts[1:]
+        try:
+            if len(payloads) != len(header.parts):
+                raise FrameError(
+                    "parts",
+                    f"header describes {len(header.parts)} payload part(s), message has {len(payloads)}",
+                )
+            total = sum(len(p) for p in parts)
+            if total > ep.max_message_bytes:
+                raise FrameError(
+                    "too_large", f"message is {total} bytes, the limit is {ep.max_message_bytes}"
+                )
+            frame.payloads = [p.buffer for p in payloads]
+            if all(spec.encoding == "raw" for spec in header.parts):
+                frame.arrays = [
+                    decode_payload(spec, buf, ep.max_elements)
+                    for spec, buf in zip(header.parts, frame.payloads, strict=True)
+                ]
+        except FrameError as e:
+            self.replies.reject(frame, header.models[0] if header.models else "", e.reason, str(e))
+            return
+        pending = self.dispatcher.submit(frame, router=ep.type == "router")
+        if pending:
+            self._pending[index] = (frame, pending)
+
+    def _retry_pending(self) -> None:
+        for index, (frame, queues) in list(self._pending.items()):
+            waiting = [q for q in queues if not q.put(frame)]
+            if waiting:
+                self._pending[index] = (frame, waiting)
+            else:
+                del self._pending[index]
+
+    def _forward(self, budget: int = 256) -> None:
+        for _ in range(budget):
+            try:
+                parts = self.outbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._deliver(parts)
+
+    def _deliver(self, parts: list[zmq.Frame]) -> None:
+        kind = parts[0].bytes
+        if kind[:1] == REPLY:
+            try:
+                self.ingest[kind[1]].send_multipart(parts[1:], copy=False, flags=zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                log.debug("reply to a router peer not sent: %s", e)
+        elif self.pub is not None:
+            with contextlib.suppress(zmq.Again):  # PUB drops at its high-water mark by design
+                self.pub.send_multipart(parts[1:], copy=False, flags=zmq.NOBLOCK)
+
+    def _flush_outbox(self) -> None:
+        while self.outbox.poll(0):
+            self._forward()
+
+    def stop_accepting(self) -> None:
+        """Stop reading ingest sockets (frames already queued are still served)."""
+        self.accepting.clear()
+
+    def close(self) -> None:
+        self.stopped.set()
+
+    def close_sockets(self) -> None:
+        for sock in self.ingest:
+            sock.close(linger=0)
+        if self.pub is not None:
+            self.pub.close(linger=1000)
+        if self.outbox is not None:
+            self.outbox.close(linger=0)
