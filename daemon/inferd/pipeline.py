@@ -101,14 +101,15 @@ class ModelQueue:
                 q = self._queues.get(frame.source)
                 if q is None:
                     q = self._queues[frame.source] = deque()
+                was_empty = not q
                 if len(q) >= policy.queue_size:
                     if policy.policy == "fifo":
                         return False
                     dropped = q.popleft()
                     self.size -= 1
-                if not q:
-                    self._ready.append(frame.source)
                 q.append(frame)
+                if was_empty:
+                    self._ready.append(frame.source)
                 self.size += 1
                 self._cond.notify()
         if dropped is not None:
@@ -159,6 +160,10 @@ class ModelQueue:
                     if not keep and source in self._ready:
                         self._ready.remove(source)
         return out
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Accept no more frames; workers drain what is queued, then stop."""
@@ -212,12 +217,13 @@ class Worker(threading.Thread):
             frame = self.queue.take(timeout=0.5)
             self.last_progress = time.monotonic()
             if frame is None:
-                if self.queue._closed:
+                if self.queue.closed:
                     return
                 continue
             try:
                 self.process(frame)
             except Exception:  # a bug must not kill the worker; the frame still gets an answer
+                self.busy_since = None
                 log.exception("model %s: unexpected error on a frame from %s", self.model.name, frame.source)
                 self.sink.error(frame, self.model.name, "internal", "internal error, see the daemon log")
             self.last_progress = time.monotonic()

@@ -1,0 +1,134 @@
+"""`inferd demo`: the daemon on the example models, fed by synthetic cameras, with live results."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+
+from inferd.client import FramePublisher, ResultSubscriber
+from inferd.config import EndpointConfig, MetricsConfig, ResultsConfig, load_config
+from inferd.daemon import Daemon
+from inferd.errors import RequestTimeout
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "inferd.yaml"
+
+
+def free_port(preferred: int | None = None) -> int:
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port")
+
+
+class Camera(threading.Thread):
+    """A synthetic camera: a moving colour pattern at `fps`, pushed as raw 640x480 RGB frames."""
+
+    def __init__(self, endpoint: str, source: str, fps: float, stop: threading.Event, seed: int) -> None:
+        super().__init__(name=f"camera-{source}", daemon=True)
+        self.endpoint, self.source, self.fps, self.stop = endpoint, source, fps, stop
+        rng = np.random.default_rng(seed)
+        h, w = 480, 640
+        yy, xx = np.mgrid[0:h, 0 : 2 * w].astype(np.float32)
+        base = rng.uniform(0.02, 0.08, 3)
+        phase = rng.uniform(0, 6.28, 3)
+        self.strip = np.stack(
+            [127 + 120 * np.sin(xx * base[c] + yy * base[(c + 1) % 3] + phase[c]) for c in range(3)], axis=2
+        ).astype(np.uint8)
+        self.sent = 0
+
+    def run(self) -> None:
+        with FramePublisher(self.endpoint, source=self.source) as pub:
+            period, t_next, x = 1.0 / self.fps, time.monotonic(), 0
+            while not self.stop.is_set():
+                frame = np.ascontiguousarray(self.strip[:, x : x + 640])
+                pub.send(frame, block=False)
+                self.sent += 1
+                x = (x + 7) % 640
+                t_next += period
+                self.stop.wait(max(0.0, t_next - time.monotonic()))
+
+
+def run_demo(config_path: Path | None, sources: int, fps: float, duration: float | None, out=print) -> int:
+    path = config_path or EXAMPLE_CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: pass -c CONFIG (the example config lives in the repo)")
+    config, base_dir = load_config(path)
+    tmp = tempfile.TemporaryDirectory(prefix="inferd-demo-")
+    frames_addr = f"ipc://{tmp.name}/frames.sock"
+    results_addr = f"ipc://{tmp.name}/results.sock"
+    router_port = free_port(5555)
+    metrics_port = free_port(9464)
+    config = config.model_copy(
+        update={
+            "endpoints": [
+                EndpointConfig(type="pull", bind=frames_addr, rcvhwm=4),
+                EndpointConfig(type="router", bind=f"tcp://127.0.0.1:{router_port}"),
+            ],
+            "results": ResultsConfig(bind=results_addr),
+            "metrics": MetricsConfig(listen=f"127.0.0.1:{metrics_port}"),
+        }
+    )
+    daemon = Daemon(config, base_dir)
+    daemon.start()
+    out(f"inferd demo: {len(daemon.models)} model(s): {', '.join(daemon.models)}")
+    out(f"  frames:  {frames_addr} (pull)   requests: tcp://127.0.0.1:{router_port} (router)")
+    out(f"  results: {results_addr}   metrics: http://127.0.0.1:{metrics_port}/metrics")
+    out(f"  {sources} synthetic camera(s) at {fps:g} fps, 640x480 RGB; Ctrl-C to stop")
+    stop = threading.Event()
+    sub = ResultSubscriber(results_addr)
+    time.sleep(0.2)  # let the subscription reach the publisher
+    cams = [Camera(frames_addr, f"cam{i}", fps, stop, seed=i) for i in range(sources)]
+    for c in cams:
+        c.start()
+    stats: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=200))
+    top: dict[tuple[str, str], str] = {}
+    errors: dict[str, int] = defaultdict(int)
+    start = last_print = time.monotonic()
+    served = 0
+    try:
+        while duration is None or time.monotonic() - start < duration:
+            try:
+                r = sub.recv(timeout=0.5)
+            except RequestTimeout:
+                r = None
+            now = time.monotonic()
+            if r is not None:
+                if r.ok:
+                    served += 1
+                    stats[(r.model, r.source)].append((now, r.timings.get("total_ms", 0.0)))
+                    if r.classes:
+                        c = r.classes[0]
+                        top[(r.model, r.source)] = f"{c['label'] or c['index']} {c['score']:.2f}"
+                else:
+                    errors[r.reason or "?"] += 1
+            if now - last_print >= 1.0:
+                last_print = now
+                out(f"--- {now - start:5.1f} s  results {served}  errors {dict(errors) or 0}")
+                for (model, source), samples in sorted(stats.items()):
+                    recent = [lat for t, lat in samples if now - t <= 1.0]
+                    lat = np.percentile([lat for _, lat in samples], 50) if samples else 0.0
+                    out(
+                        f"  {source:6} {model:18} {len(recent):4d} fps  p50 {lat:7.3f} ms  "
+                        f"top {top.get((model, source), '-')}"
+                    )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        for c in cams:
+            c.join(2)
+        sub.close()
+        daemon.stop(drain_timeout=2.0)
+        tmp.cleanup()
+    out(f"inferd demo: {served} results from {sum(c.sent for c in cams)} frames sent")
+    return 0 if served else 1

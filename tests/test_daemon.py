@@ -1,0 +1,327 @@
+"""`inferd run` end to end: real sockets, the real runtimes, results checked against the runtime."""
+
+import io
+import json
+import signal
+import threading
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from inferd.client import FramePublisher, InferClient, ResultSubscriber
+from inferd.errors import RequestError, RequestTimeout
+from tests.conftest import MODELS
+from tests.daemon_harness import DaemonProcess, raw_header
+
+CONFIG = """
+models:
+  - name: raw
+    path: {models}/classifier_int8.onnx
+    threads: 1
+  - name: cls
+    path: {models}/classifier_int8.tflite
+    labels: {models}/labels.txt
+    threads: 1
+    preprocess: {resize: [64, 64], scale: 1/255, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+    postprocess: {type: classify, top_k: 3}
+  - name: slow
+    path: {models}/larger_float.onnx
+    threads: 1
+    warmup: 1
+endpoints:
+  - {type: router, bind: "{router}", max_message_bytes: 2000000}
+  - {type: pull, bind: "{pull}", max_message_bytes: 2000000}
+  - {type: sub, connect: "{camera_pub}", topics: ["cam"]}
+results:
+  bind: "{results}"
+metrics:
+  listen: "{metrics}"
+routes:
+  - {sources: ["cam*"], models: [cls]}
+  - {sources: ["sensor*"], models: [raw]}
+  - {sources: ["burst*", "quiet*"], models: [slow]}
+sources:
+  - {match: "sensor*", policy: fifo, queue_size: 4}
+  - {match: "burst*", policy: latest, queue_size: 1}
+  - {match: "load*", policy: fifo, queue_size: 8}
+"""
+
+RNG = np.random.default_rng(2024)
+TENSOR = RNG.standard_normal((1, 3, 64, 64)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = DaemonProcess(tmp_path_factory.mktemp("daemon"), CONFIG)
+    yield d
+    assert d.stop() == 0, d.logs()
+
+
+@pytest.fixture(scope="module")
+def onnx_session():
+    return ort.InferenceSession(str(MODELS / "classifier_int8.onnx"), providers=["CPUExecutionProvider"])
+
+
+def subscriber(daemon, topic=""):
+    sub = ResultSubscriber(daemon.results, topic)
+    time.sleep(0.3)  # the subscription must reach the PUB socket before results are sent
+    return sub
+
+
+def test_raw_pyzmq_request_gets_the_runtimes_exact_output(daemon, onnx_session):
+    header, parts = daemon.request([raw_header(TENSOR, model="raw", source="cam9", seq=5, id="a1"), TENSOR])
+    assert (
+        header["status"] == "ok" and header["model"] == "raw" and header["seq"] == 5 and header["id"] == "a1"
+    )
+    assert set(header["timings"]) == {"queue_ms", "preprocess_ms", "inference_ms", "total_ms"}
+    (spec,) = header["outputs"]
+    out = np.frombuffer(parts[0], dtype=spec["dtype"]).reshape(spec["shape"])
+    np.testing.assert_array_equal(out, onnx_session.run(None, {"input": TENSOR})[0])
+
+
+def test_the_documented_client_call(daemon, onnx_session):
+    with InferClient(daemon.router) as client:
+        result = client.infer(TENSOR, model="raw", source="cam0")
+        np.testing.assert_array_equal(result.outputs[0], onnx_session.run(None, {"input": TENSOR})[0])
+        frame = RNG.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        result = client.infer(frame, model="cls", source="cam0")
+        assert [c["label"] for c in result.classes][:1] and len(result.classes) == 3
+        with pytest.raises(RequestError) as e:
+            client.infer(frame, model="nope")
+        assert e.value.reason == "unknown_model"
+
+
+def png_bytes(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_push_frames_results_on_pub_with_model_source_topics(daemon):
+    frame = RNG.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    with subscriber(daemon, "cls/cam1") as sub, FramePublisher(daemon.pull, source="cam1") as pub:
+        results = []
+        for i in range(6):  # one at a time: the default `latest` policy would drop a burst
+            pub.send(frame if i < 5 else png_bytes(frame), seq=i)
+            results.append(sub.recv(10))
+    assert all(r.topic == "cls/cam1" and r.ok for r in results)
+    assert [r.seq for r in results] == list(range(6))
+    with InferClient(daemon.router) as client:  # the same frame by request gives the same answer
+        expected = client.infer(frame, model="cls", source="check").classes
+    assert results[0].classes == expected and results[5].classes == expected  # PNG is lossless
+
+
+def test_sub_endpoint_reads_a_camera_publisher(daemon):
+    frame = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with (
+        subscriber(daemon, "cls/cam2") as sub,
+        FramePublisher(daemon.camera_pub, source="cam2", mode="pub") as pub,
+    ):
+        got = None
+        for i in range(50):  # the daemon connects to us: publish until the subscription is live
+            pub.send(frame, seq=i)
+            try:
+                got = sub.recv(0.2)
+                break
+            except RequestTimeout:
+                continue
+        assert got is not None and got.ok and got.source == "cam2"
+        ignored = FramePublisher(daemon.camera_pub.replace("camera", "camera2"), source="x", mode="pub")
+        ignored.close()
+
+
+def bad_messages(frame):
+    big = np.zeros(1_999_000, np.uint8)
+    return {
+        "header": [b"not json", frame],
+        "parts": [raw_header(frame, model="raw")],
+        "size": [raw_header(frame, model="raw"), frame.tobytes()[:-4]],
+        "dtype": [raw_header(frame, model="raw", dtype="complex128"), frame],
+        "unknown_model": [raw_header(frame, model="nope"), frame],
+        "decode": [
+            json.dumps({"v": 1, "source": "s", "encoding": "jpeg", "model": "cls"}).encode(),
+            b"\xff\xd8junk",
+        ],
+        "shape": [raw_header(np.zeros((48, 48, 3), np.uint8), model="raw"), np.zeros((48, 48, 3), np.uint8)],
+        "too_large": [raw_header(big, model="raw", pad="x" * 2000), big],
+        "multiple_models": [raw_header(frame, model=["raw", "cls"]), frame],
+        "deadline": [raw_header(frame, model="raw", deadline=time.time() - 1), frame],
+    }
+
+
+def test_every_bad_request_gets_a_reason_and_the_daemon_keeps_serving(daemon, onnx_session):
+    before = daemon.scrape()
+    for reason, parts in bad_messages(TENSOR).items():
+        header, tensors = daemon.request(parts)
+        assert header["status"] == "error", reason
+        assert header["error"]["reason"] == reason, (reason, header)
+        assert header["error"]["message"] and tensors == []
+    after = daemon.scrape()
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("inferd_frames_rejected_total", source="unknown", reason="header") == 1
+    assert delta("inferd_frames_rejected_total", source="test", reason="size") == 1
+    assert delta("inferd_frames_dropped_total", source="test", reason="deadline") == 1
+    header, parts = daemon.request([raw_header(TENSOR, model="raw"), TENSOR])
+    assert header["status"] == "ok"
+    np.testing.assert_array_equal(
+        np.frombuffer(parts[0], np.float32).reshape(1, 10), onnx_session.run(None, {"input": TENSOR})[0]
+    )
+
+
+def test_bad_pushed_frames_are_answered_on_the_results_socket(daemon):
+    with subscriber(daemon) as sub:
+        push = daemon.socket(zmq.PUSH, daemon.pull)
+        push.send_multipart([b"{broken"])
+        push.send_multipart([raw_header(TENSOR, source="sensor1", model="raw"), TENSOR.tobytes()[:10]])
+        first, second = sub.recv(10), sub.recv(10)
+        push.close()
+    assert (first.topic, first.reason) == ("_/unknown", "header")
+    assert (second.topic, second.reason, second.source) == ("raw/sensor1", "size", "sensor1")
+
+
+def fuzz_part():
+    return st.one_of(
+        st.binary(max_size=64),
+        st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
+            st.sampled_from(["v", "source", "seq", "shape", "dtype", "encoding", "model", "parts", "ts", "deadline"]),
+            st.one_of(st.integers(-5, 5), st.text(max_size=6), st.lists(st.integers(-2, 70), max_size=4),
+                      st.sampled_from([1, "uint8", "float32", "raw", "jpeg", "raw", "cls", "sensor0", [1, 3, 64, 64]])),
+            max_size=7)),
+    )  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(st.lists(fuzz_part(), min_size=0, max_size=4), min_size=1, max_size=5))
+def test_random_messages_on_every_ingest_mode_do_not_disturb_valid_frames(daemon, onnx_session, messages):
+    push = daemon.socket(zmq.PUSH, daemon.pull)
+    dealer = daemon.socket(zmq.DEALER, daemon.router)
+    with FramePublisher(daemon.camera_pub.replace("camera", "fuzz"), mode="pub") as pub:
+        for parts in messages:
+            if parts:
+                push.send_multipart(parts)
+                pub.socket.send_multipart([b"cam", *parts])
+            dealer.send_multipart([b"", *parts] if parts else [b""])
+    header, parts = daemon.request([raw_header(TENSOR, model="raw", source="after-fuzz"), TENSOR])
+    assert header["status"] == "ok", header
+    np.testing.assert_array_equal(
+        np.frombuffer(parts[0], np.float32).reshape(1, 10), onnx_session.run(None, {"input": TENSOR})[0]
+    )
+    push.close()
+    dealer.close()
+    assert daemon.proc.poll() is None
+
+
+def test_latest_policy_serves_the_newest_frames_and_counts_drops(daemon):
+    frame = RNG.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    n = 40
+    with (
+        subscriber(daemon, "slow/burst0") as sub,
+        FramePublisher(daemon.pull, source="burst0", sndhwm=1000) as pub,
+    ):
+        for i in range(n):
+            pub.send(frame, seq=i)
+        seqs = []
+        while True:
+            try:
+                seqs.append(sub.recv(2.0).seq)
+            except RequestTimeout:
+                break
+    assert seqs == sorted(seqs) and seqs[-1] == n - 1  # in order, and the newest frame was served
+    assert len(seqs) < n
+    dropped = daemon.metric("inferd_frames_dropped_total", source="burst0", reason="queue_full")
+    assert dropped == n - len(seqs)
+    assert daemon.metric("inferd_frames_received_total", source="burst0") == n
+
+
+def test_fifo_policy_loses_nothing_under_backpressure(daemon):
+    n = 60
+    with subscriber(daemon, "raw/sensor0") as sub, FramePublisher(daemon.pull, source="sensor0") as pub:
+        sender = threading.Thread(target=lambda: [pub.send(TENSOR, seq=i) for i in range(n)])
+        sender.start()
+        seqs = [sub.recv(10).seq for _ in range(n)]
+        sender.join(10)
+    assert seqs == list(range(n))
+    assert daemon.metric("inferd_frames_dropped_total", source="sensor0", reason="queue_full") == 0
+
+
+def test_a_flooding_source_does_not_starve_a_quiet_one(daemon):
+    frame = RNG.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with (
+        subscriber(daemon, "slow/quiet0") as sub,
+        FramePublisher(daemon.pull, source="burst1", sndhwm=1000) as flood,
+    ):
+        stop = threading.Event()
+
+        def flooding():
+            while not stop.is_set():
+                flood.send(frame, block=False)
+                time.sleep(0.0005)
+
+        t = threading.Thread(target=flooding)
+        t.start()
+        try:
+            with InferClient(daemon.router, source="quiet0") as client:
+                for _ in range(5):
+                    assert client.infer(frame, timeout=5).ok
+        finally:
+            stop.set()
+            t.join()
+    sub.close()
+
+
+def test_send_command_prints_results(daemon, tmp_path):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", TENSOR)
+    (tmp_path / "f.png").write_bytes(png_bytes(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+    (tmp_path / "small.png").write_bytes(png_bytes(RNG.integers(0, 256, (48, 48, 3), dtype=np.uint8)))
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "inferd", "send", *a], capture_output=True, text=True, timeout=30
+        )
+
+    proc = run("--endpoint", daemon.router, "--model", "raw", str(tmp_path / "x.npy"))
+    assert proc.returncode == 0, proc.stderr
+    assert "logits [1, 10] float32" in proc.stdout
+    proc = run("-c", str(daemon.config_path), "--model", "cls", "--json", str(tmp_path / "f.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["result"]["classes"]) == 3
+    proc = run("--endpoint", daemon.router, "--model", "raw", str(tmp_path / "small.png"))
+    assert proc.returncode == 1 and "shape: frame is 48x48" in proc.stderr, proc.stderr
+
+
+def test_sigterm_under_load_answers_every_accepted_request(tmp_path):
+    d = DaemonProcess(tmp_path, CONFIG)
+    frame = RNG.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    sockets = [d.socket(zmq.DEALER, d.router) for _ in range(8)]
+    for i, s in enumerate(sockets):
+        for j in range(3):
+            s.send_multipart([b"", raw_header(frame, model="slow", source=f"load{i}", id=f"{i}-{j}"), frame])
+    time.sleep(0.05)  # let the requests arrive
+    d.proc.send_signal(signal.SIGTERM)
+    replies = {}
+    end = time.monotonic() + 20
+    while len(replies) < 24 and time.monotonic() < end:
+        for s in sockets:
+            while s.poll(10):
+                _, head, *_ = s.recv_multipart()
+                h = json.loads(head)
+                replies[h["id"]] = h["status"] if h["status"] == "ok" else h["error"]["reason"]
+    assert len(replies) == 24, (replies, d.logs())
+    assert set(replies.values()) <= {"ok", "shutdown"}
+    for s in sockets:
+        s.close()
+    assert d.stop() == 0
+    assert "stopped" in d.logs()
