@@ -325,3 +325,63 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path):
         s.close()
     assert d.stop() == 0
     assert "stopped" in d.logs()
+
+
+def test_a_slow_model_does_not_stall_the_others(daemon, onnx_session):
+    frame = RNG.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    dealer = daemon.socket(zmq.DEALER, daemon.router)
+    for i in range(30):  # ~150 ms of work queued for `slow`
+        dealer.send_multipart(
+            [b"", raw_header(frame, model="slow", source=f"load{i % 4}", id=f"s{i}"), frame]
+        )
+    with InferClient(daemon.router) as client:
+        result = client.infer(TENSOR, model="raw", source="fast")
+    np.testing.assert_array_equal(result.outputs[0], onnx_session.run(None, {"input": TENSOR})[0])
+    assert result.timings["queue_ms"] < 100  # it did not wait behind the slow model's queue
+    got = 0
+    while got < 30 and dealer.poll(10000):
+        dealer.recv_multipart()
+        got += 1
+    assert got == 30
+    dealer.close()
+
+
+CONTRACT = """
+models:
+  - name: classifier
+    path: examples/models/classifier_int8.onnx
+    postprocess: raw            # tensors as the runtime returns them
+endpoints:
+  - {type: router, bind: "tcp://127.0.0.1:5555"}
+  - {type: pull, bind: "ipc:///run/inferd/frames.sock"}
+results:
+  bind: "ipc:///run/inferd/results.sock"
+metrics:
+  listen: "127.0.0.1:9464"
+"""
+
+
+def test_the_documented_contract_config_works(tmp_path, monkeypatch, onnx_session):
+    """The config the docs show first, verbatim but for ports and the runtime folder."""
+    from tests.conftest import ROOT
+    from tests.daemon_harness import free_port
+
+    monkeypatch.chdir(ROOT)  # the model path is relative to the repository
+    router, metrics = free_port(), free_port()
+    text = (
+        CONTRACT.replace("5555", str(router)).replace("9464", str(metrics))
+        .replace("/run/inferd", str(tmp_path / "run" / "inferd"))
+    )  # fmt: skip
+    d = DaemonProcess(tmp_path, text)
+    try:
+        result = InferClient(f"tcp://127.0.0.1:{router}").infer(TENSOR, model="classifier", source="cam0")
+        np.testing.assert_array_equal(result.outputs[0], onnx_session.run(None, {"input": TENSOR})[0])
+        with ResultSubscriber(f"ipc://{tmp_path}/run/inferd/results.sock") as sub:
+            time.sleep(0.3)
+            with FramePublisher(f"ipc://{tmp_path}/run/inferd/frames.sock", source="cam0") as pub:
+                pub.send(TENSOR)
+                r = sub.recv(10)
+        assert r.topic == "classifier/cam0" and r.ok
+        np.testing.assert_array_equal(r.outputs[0], result.outputs[0])
+    finally:
+        assert d.stop() == 0

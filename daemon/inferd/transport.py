@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -26,6 +27,17 @@ OUTBOX = "inproc://inferd-outbox"
 PUBLISH, REPLY = b"P", b"R"
 MAX_SOURCES = 1024  # bounds metric label cardinality against senders inventing source names
 SWEEP_S = 0.02  # how often queued frames are checked for passed deadlines
+
+
+def ensure_ipc_dir(address: str) -> None:
+    """ipc:// sockets need their folder; create it (under systemd, RuntimeDirectory= does)."""
+    if address.startswith("ipc://") and not address.startswith("ipc://@"):
+        folder = os.path.dirname(address[len("ipc://") :])
+        if folder and not os.path.isdir(folder):
+            try:
+                os.makedirs(folder, mode=0o750, exist_ok=True)
+            except OSError as e:
+                raise OSError(f"cannot create the folder of {address}: {e.strerror}") from None
 
 
 class RateLimitedLog:
@@ -181,7 +193,11 @@ class Transport:
             self.pub = self.ctx.socket(zmq.PUB)
             self.pub.setsockopt(zmq.SNDHWM, res.sndhwm)
             self.pub.setsockopt(zmq.LINGER, 1000)
-            self.pub.bind(res.bind)
+            ensure_ipc_dir(res.bind)
+            try:
+                self.pub.bind(res.bind)
+            except zmq.ZMQError as e:
+                raise OSError(f"results {res.bind}: {e}") from None
         self.accepting.set()
 
     def _endpoint(self, ep: EndpointConfig) -> zmq.Socket:
@@ -198,6 +214,7 @@ class Transport:
                 sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         try:
             if ep.bind:
+                ensure_ipc_dir(ep.bind)
                 sock.bind(ep.bind)
             for addr in ep.connect or []:
                 sock.connect(addr)
