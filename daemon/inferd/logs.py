@@ -35,7 +35,9 @@ def setup_logging(level: str = "info") -> None:
     """One line per event on stderr. Under journald (JOURNAL_STREAM) no own timestamps."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        from inferd.service import JournalFormatter
+
+        handler.setFormatter(JournalFormatter("%(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -1,0 +1,90 @@
+"""systemd integration in pure Python: sd_notify, the watchdog, and journald-friendly logs.
+
+No libsystemd on the board: the notify protocol is one datagram on an AF_UNIX socket
+(https://www.freedesktop.org/software/systemd/man/sd_notify.html).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+log = logging.getLogger("inferd.service")
+
+
+class Notifier:
+    """Sends sd_notify messages to $NOTIFY_SOCKET; a no-op when it is not set."""
+
+    def __init__(self, address: str | None = None) -> None:
+        address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        self.address: str | bytes | None = None
+        self.sock: socket.socket | None = None
+        if address:
+            # "@name" is an abstract socket: a leading NUL byte on the wire
+            self.address = "\0" + address[1:] if address.startswith("@") else address
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    @property
+    def enabled(self) -> bool:
+        return self.sock is not None
+
+    def notify(self, *fields: str) -> bool:
+        """Send `KEY=value` lines in one datagram. Returns False (and logs once) on failure."""
+        if self.sock is None:
+            return False
+        try:
+            self.sock.sendto("\n".join(fields).encode(), self.address)
+            return True
+        except OSError as e:
+            log.warning("sd_notify to %s failed: %s", os.environ.get("NOTIFY_SOCKET"), e)
+            return False
+
+    def ready(self, status: str = "") -> bool:
+        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def status(self, text: str) -> bool:
+        return self.notify(f"STATUS={text}")
+
+    def reloading(self) -> bool:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the config")
+
+    def stopping(self, status: str = "stopping") -> bool:
+        return self.notify("STOPPING=1", f"STATUS={status}")
+
+    def extend_timeout(self, seconds: float) -> bool:
+        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def watchdog_interval() -> float | None:
+    """Half of $WATCHDOG_USEC in seconds (when it is meant for this process), else None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 1_000_000 / 2
+    except ValueError:
+        return None
+
+
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """`<N>logger: message` — journald reads the syslog priority prefix; it adds its own timestamps."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 6)
+        text = super().format(record).replace("\n", " | ")  # one line per event
+        return f"<{prio}>{record.name}: {text}"
