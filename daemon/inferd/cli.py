@@ -97,7 +97,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, base_dir = load_config(args.config)
     if args.log_level == "warning":  # not given on the command line: the config decides
         setup_logging(config.logging.level)
-    daemon = Daemon(config, base_dir)
+    from inferd.service import Notifier
+
+    daemon = Daemon(config, base_dir, notifier=Notifier())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

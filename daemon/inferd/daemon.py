@@ -15,9 +15,11 @@ from inferd.errors import ModelLoadError
 from inferd.metrics import Metrics
 from inferd.models import Model, load_model, load_models
 from inferd.pipeline import Frame, ModelQueue, SourcePolicies, Worker
+from inferd.service import Notifier
 from inferd.transport import Replies, Transport
 
 log = logging.getLogger("inferd")
+LOAD_TIMEOUT_S = 60.0  # EXTEND_TIMEOUT_USEC granted per model while it loads
 
 
 class Dispatcher:
@@ -88,8 +90,11 @@ class Dispatcher:
 
 
 class Daemon:
-    def __init__(self, config: Config, base_dir: Path, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, base_dir: Path, metrics: Metrics | None = None, notifier: Notifier | None = None
+    ) -> None:
         self.config, self.base_dir = config, base_dir
+        self.notifier = notifier or Notifier("")
         self.metrics = metrics or Metrics()
         self.ctx = zmq.Context()
         self.models: dict[str, list[Model]] = {}
@@ -104,7 +109,12 @@ class Daemon:
 
     def load(self) -> None:
         """Load and warm every model; a required one that fails raises ModelLoadError."""
-        loaded, self.failed = load_models(self.config, self.base_dir)
+
+        def loading(cfg) -> None:
+            self.notifier.status(f"loading model {cfg.name}")
+            self.notifier.extend_timeout(LOAD_TIMEOUT_S)
+
+        loaded, self.failed = load_models(self.config, self.base_dir, loading)
         for cfg in self.config.models:
             if cfg.name in self.failed and cfg.required:
                 for m in loaded.values():
@@ -144,12 +154,19 @@ class Daemon:
         self.io_thread = threading.Thread(target=self.transport.run, name="io", daemon=True)
         self.io_thread.start()
         self.ready.set()
+        self.notifier.ready(self.status_line())
         log.info(
             "ready: %d model(s), %d endpoint(s), results on %s",
             len(self.models),
             len(self.config.endpoints),
             self.config.results.bind or "(none)",
         )
+
+    def status_line(self) -> str:
+        text = f"serving {len(self.models)} model(s)"
+        if self.failed:
+            text += f", degraded: {', '.join(sorted(self.failed))} not loaded"
+        return text
 
     def _dropped(self, model: str):
         return lambda frame, reason: self.replies.drop(frame, model, reason)
@@ -158,6 +175,7 @@ class Daemon:
         """Stop accepting, serve what is queued within `drain_timeout`, answer the rest, close."""
         if self.transport is None:
             return
+        self.notifier.stopping(f"stopping: draining queues (up to {drain_timeout:g} s)")
         log.info("stopping: draining queues (up to %.1f s)", drain_timeout)
         self.transport.stop_accepting()
         for q in self.queues.values():

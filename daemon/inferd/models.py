@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,11 +202,15 @@ def read_labels(cfg: ModelConfig, base_dir: Path) -> list[str] | None:
     return [line.strip() for line in lines if line.strip()]
 
 
-def load_models(config: Config, base_dir: Path) -> tuple[dict[str, Model], dict[str, ModelLoadError]]:
+def load_models(
+    config: Config, base_dir: Path, on_loading: Callable[[ModelConfig], None] | None = None
+) -> tuple[dict[str, Model], dict[str, ModelLoadError]]:
     """Load every model. Failures are returned, not raised: the caller knows which are required."""
     loaded: dict[str, Model] = {}
     failed: dict[str, ModelLoadError] = {}
     for cfg in config.models:
+        if on_loading is not None:
+            on_loading(cfg)
         try:
             loaded[cfg.name] = load_model(cfg, base_dir, config.logging.runtime_level)
         except ModelLoadError as e:
