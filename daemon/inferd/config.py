@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -246,8 +247,24 @@ class ResultsConfig(Strict):
 
 class MetricsConfig(Strict):
     listen: str | None = Field(
-        "127.0.0.1:9464", description="HOST:PORT of the metrics and health HTTP server; null disables it."
+        "127.0.0.1:9464",
+        pattern=r"^(\[[0-9a-fA-F:.]+\]|[^:\s]*):[0-9]{1,5}$",
+        description="HOST:PORT of the /metrics, /healthz, /readyz HTTP server; null disables it.",
     )
+    latency_buckets: list[float] | None = Field(
+        None, min_length=1, description="Histogram buckets in seconds (default: 100 us to 10 s)."
+    )
+    sysfs: str = Field("/sys", description="Where to read temperatures and CPU frequencies from.")
+    hang_after_s: float = Field(
+        30.0, gt=0, description="A worker inside one inference longer than this is hung (/healthz fails)."
+    )
+
+    @field_validator("latency_buckets")
+    @classmethod
+    def _increasing(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (any(b <= 0 for b in v) or any(b >= c for b, c in itertools.pairwise(v))):
+            raise ValueError("buckets must be positive and strictly increasing")
+        return v
 
 
 class RouteConfig(Strict):

@@ -12,6 +12,7 @@ import zmq
 
 from inferd.config import Config
 from inferd.errors import ModelLoadError
+from inferd.health import HttpServer
 from inferd.metrics import Metrics
 from inferd.models import Model, load_model, load_models
 from inferd.pipeline import Frame, ModelQueue, SourcePolicies, Worker
@@ -95,7 +96,9 @@ class Daemon:
     ) -> None:
         self.config, self.base_dir = config, base_dir
         self.notifier = notifier or Notifier("")
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(
+            buckets=config.metrics.latency_buckets, sysfs=config.metrics.sysfs, queue_depths=self.queue_depths
+        )
         self.ctx = zmq.Context()
         self.models: dict[str, list[Model]] = {}
         self.failed: dict[str, ModelLoadError] = {}
@@ -106,6 +109,8 @@ class Daemon:
         self.io_thread: threading.Thread | None = None
         self.http = None
         self.ready = threading.Event()
+        self._stopped = False
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     def load(self) -> None:
         """Load and warm every model; a required one that fails raises ModelLoadError."""
@@ -137,7 +142,21 @@ class Daemon:
             log.warning("running degraded: optional model(s) not loaded: %s", ", ".join(sorted(self.failed)))
 
     def start(self) -> None:
-        """Load models, bind sockets, start workers and the IO thread. Ready when it returns."""
+        """Serve HTTP, load models, bind sockets, start workers and the IO thread. Ready when it returns.
+
+        On failure everything started so far is stopped again before the error propagates.
+        """
+        try:
+            self._start()
+        except BaseException:
+            self.stop(0)
+            raise
+
+    def _start(self) -> None:
+        if self.config.metrics.listen:
+            self.http = HttpServer(
+                self.config.metrics.listen, self.metrics.registry, self.health, self.readiness
+            )
         self.load()
         policies = SourcePolicies(self.config.sources)
         for name, instances in self.models.items():
@@ -147,8 +166,6 @@ class Daemon:
         dispatcher = Dispatcher(self.config, self.queues, self.replies)
         self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics)
         self.transport.bind()
-        if self.config.metrics.listen:
-            self.http = self.metrics.serve(self.config.metrics.listen)
         for w in self.workers:
             w.start()
         self.io_thread = threading.Thread(target=self.transport.run, name="io", daemon=True)
@@ -162,6 +179,52 @@ class Daemon:
             self.config.results.bind or "(none)",
         )
 
+    def queue_depths(self) -> dict[str, int]:
+        depths: dict[str, int] = {}
+        for q in list(self.queues.values()):
+            for source, n in q.depths().items():
+                depths[source] = depths.get(source, 0) + n
+        return depths
+
+    def health(self) -> tuple[bool, dict]:
+        """Alive and making progress: the IO loop turns and no worker is stuck in one inference."""
+        now = time.monotonic()
+        if self.transport is None:
+            return True, {"status": "starting" if not self.ready.is_set() else "stopped"}
+        problems = []
+        if now - self.transport.last_loop > 5.0:
+            problems.append(f"IO loop stalled for {now - self.transport.last_loop:.1f} s")
+        for w in self.workers:
+            busy = w.busy_since
+            if busy is not None and now - busy > self.config.metrics.hang_after_s:
+                problems.append(f"model {w.model.name} stuck in one inference for {now - busy:.1f} s")
+            elif not w.is_alive() and not self.queues[w.model.name].closed:
+                problems.append(f"worker {w.name} died")
+        return not problems, {"status": "ok" if not problems else "unhealthy", "problems": problems}
+
+    def readiness(self) -> tuple[bool, dict]:
+        """Ready when every required model is loaded and warm and every socket is bound."""
+        models = {}
+        for cfg in self.config.models:
+            if cfg.name in self.models:
+                models[cfg.name] = {"state": "ready", "runtime": cfg.runtime.type, "required": cfg.required}
+            elif cfg.name in self.failed:
+                models[cfg.name] = {
+                    "state": "failed",
+                    "required": cfg.required,
+                    "error": str(self.failed[cfg.name]),
+                }
+            else:
+                models[cfg.name] = {"state": "loading", "required": cfg.required}
+        ready = self.ready.is_set() and self.transport is not None and self.transport.accepting.is_set()
+        body = {
+            "ready": ready,
+            "models": models,
+            "endpoints": [ep.bind or ep.connect for ep in self.config.endpoints],
+            "degraded": sorted(self.failed),
+        }
+        return ready, body
+
     def status_line(self) -> str:
         text = f"serving {len(self.models)} model(s)"
         if self.failed:
@@ -172,30 +235,38 @@ class Daemon:
         return lambda frame, reason: self.replies.drop(frame, model, reason)
 
     def stop(self, drain_timeout: float = 5.0) -> None:
-        """Stop accepting, serve what is queued within `drain_timeout`, answer the rest, close."""
-        if self.transport is None:
+        """Stop accepting, serve what is queued within `drain_timeout`, answer the rest, close.
+
+        Safe to call on a daemon that only partly started, and more than once.
+        """
+        if self._stopped:
             return
+        self._stopped = True
+        self.ready.clear()
         self.notifier.stopping(f"stopping: draining queues (up to {drain_timeout:g} s)")
         log.info("stopping: draining queues (up to %.1f s)", drain_timeout)
-        self.transport.stop_accepting()
+        if self.transport is not None:
+            self.transport.stop_accepting()
         for q in self.queues.values():
             q.close()
         deadline = time.monotonic() + drain_timeout
         for w in self.workers:
-            w.join(max(0.0, deadline - time.monotonic()))
+            if w.ident is not None:
+                w.join(max(0.0, deadline - time.monotonic()))
         for name, q in self.queues.items():
             for frame, reason in q.remove_if(lambda f: "shutdown"):
                 self.replies.drop(frame, name, reason)
         self.replies.release()  # this thread's socket: the shutdown answers above are in the outbox
-        self.transport.close()
-        if self.io_thread is not None:
-            self.io_thread.join(5.0)
-        self.transport.close_sockets()
+        if self.transport is not None:
+            self.transport.close()
+            if self.io_thread is not None:
+                self.io_thread.join(5.0)
+            self.transport.close_sockets()
         if self.http is not None:
             self.http.shutdown()
+            self.http = None
         for instances in self.models.values():
             for m in {id(x): x for x in instances}.values():
                 m.close()
         self.ctx.destroy(linger=0)
-        self.transport = None
         log.info("stopped")

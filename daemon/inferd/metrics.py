@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from inferd import __version__
+from inferd.telemetry import DeviceCollector
+
+# No `_created` series: they double the exposition size and nothing here reads them.
+disable_created_metrics()
 
 # Edge latencies: 100 us to 10 s.
 LATENCY_BUCKETS = (
@@ -42,9 +58,14 @@ class Metrics:
     """Every metric inferd exports, registered on `registry`."""
 
     def __init__(
-        self, registry: CollectorRegistry | None = None, buckets: tuple[float, ...] = LATENCY_BUCKETS
+        self,
+        registry: CollectorRegistry | None = None,
+        buckets: tuple[float, ...] | list[float] | None = None,
+        sysfs: str | Path | None = "/sys",
+        queue_depths: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
+        buckets = tuple(buckets) if buckets else LATENCY_BUCKETS
         self.frames_received = Counter(
             "inferd_frames_received", "Frames received, by source.", ["source"], registry=r
         )
@@ -94,7 +115,8 @@ class Metrics:
         self.batch_size = Histogram(
             "inferd_batch_size", "Frames per runtime call.", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("inferd_queue_depth", "Frames waiting, by source.", ["source"], registry=r)
+        self.queue_depths = queue_depths or dict
+        r.register(_QueueDepth(lambda: self.queue_depths()))
         self.model_loaded = Gauge(
             "inferd_model_loaded", "1 when the model is loaded and warm.", ["model"], registry=r
         )
@@ -115,6 +137,17 @@ class Metrics:
                 "litert": _package_version("ai-edge-litert") or _package_version("tflite-runtime"),
             }
         )
+        self.ready = Gauge(
+            "inferd_ready",
+            "1 when every required model is loaded and warm and every socket is bound.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "inferd_config_reloads", "Config reloads (SIGHUP), by result.", ["result"], registry=r
+        )
+        ProcessCollector(registry=r)
+        if sysfs is not None:
+            r.register(DeviceCollector(sysfs))
 
     def model_up(self, model) -> None:
         info = model.describe()
@@ -124,12 +157,17 @@ class Metrics:
         ).set(1)
         self.model_load_seconds.labels(model.name).set(model.load_seconds)
 
-    def serve(self, listen: str):
-        """Start the HTTP server on HOST:PORT in a daemon thread; returns the server."""
-        from prometheus_client import start_http_server
 
-        host, _, port = listen.rpartition(":")
-        server, _thread = start_http_server(
-            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
+class _QueueDepth(Collector):
+    """inferd_queue_depth{source}, read from the queues at scrape time (no cost per frame)."""
+
+    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+        self.depths = depths
+
+    def collect(self):
+        g = GaugeMetricFamily(
+            "inferd_queue_depth", "Frames waiting, by source (all models).", labels=["source"]
         )
-        return server
+        for source, depth in sorted(self.depths().items()):
+            g.add_metric([source], depth)
+        yield g

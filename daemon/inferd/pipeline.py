@@ -133,6 +133,10 @@ class ModelQueue:
                 self._ready.append(source)
             return frame
 
+    def depths(self) -> dict[str, int]:
+        with self._cond:
+            return {s: len(q) for s, q in self._queues.items() if q}
+
     def depth(self, source: str) -> int:
         q = self._queues.get(source)
         return len(q) if q else 0

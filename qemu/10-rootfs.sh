@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Step 10: a Debian bookworm root filesystem for ARCH, built with debootstrap (qemu-user runs its
+# second stage through binfmt_misc). arm64: the default variant (systemd, apt) + python3, the base of
+# the bootable image and of the chroot tests. armhf: minbase + python3 and the Debian python3-*
+# packages the TFLite-only armv7 bundle relies on (no kernel: qemu-user only).
+#   10-rootfs.sh ARCH OUT      (OUT is replaced atomically: a half-built tree is never left as OUT)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+[ $# = 2 ] || die "usage: ${0##*/} ARCH OUT"
+arch_vars "$1"
+OUT=$2
+STEP="10 rootfs $DEB_ARCH"
+host_tools
+binfmt_ready
+
+case $DEB_ARCH in
+arm64) ARGS=(--include=python3) ;;
+# python3-zmq needs python3-cffi-backend named: --include does not resolve virtual dependencies.
+armhf) ARGS=(--variant=minbase
+    --include=python3,python3-numpy,python3-zmq,python3-cffi-backend,python3-yaml,python3-pil,systemd,systemd-sysv) ;;
+esac
+MIRROR=$(host_mirror)
+TMP=$OUT.tmp
+rm -rf "$TMP"
+mkdir -p "$(dirname "$OUT")"
+say "debootstrap $SUITE $DEB_ARCH from $MIRROR (arm64 ~2.5 min, armhf minbase ~3 min; log: $OUT.log)"
+build() {
+    debootstrap --arch="$DEB_ARCH" "${ARGS[@]}" "$SUITE" "$TMP" "$MIRROR" >"$OUT.log" 2>&1 </dev/null ||
+        { tail -20 "$OUT.log" >&2; die "debootstrap failed (full log: $OUT.log)"; }
+}
+timed "rootfs-$DEB_ARCH (debootstrap)" build
+# Downloaded .debs are not needed in a tree that becomes an image.
+rm -rf "$TMP"/var/cache/apt/archives/*.deb
+rm -rf "$OUT"
+mv "$TMP" "$OUT"
+say "$OUT: $(du -sh "$OUT" | cut -f1)"
