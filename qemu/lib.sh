@@ -16,7 +16,7 @@ timed() {  # timed NAME COMMAND...
     t0=$(date +%s)
     "$@" || rc=$?
     local dt=$(($(date +%s) - t0))
-    say "$name: $((dt / 60))m$((dt % 60))s${rc:+ (exit $rc)}"
+    say "$name: $((dt / 60))m$((dt % 60))s$([ "$rc" = 0 ] || echo " (failed: exit $rc)")"
     [ "$rc" != 0 ] || { mkdir -p "${TIMINGS_DIR:-$QEMU_DIR/build}" &&
         echo "$(date -u +%FT%TZ) $name ${dt}s" >>"${TIMINGS_DIR:-$QEMU_DIR/build}/timings.txt"; }
     return "$rc"
@@ -26,9 +26,9 @@ timed() {  # timed NAME COMMAND...
 arch_vars() {
     case "${1:-aarch64}" in
     aarch64 | arm64)
-        ARCH=aarch64 DEB_ARCH=arm64 WHEEL_ARCH=aarch64 QEMU_USER=qemu-aarch64 UNAME_M=aarch64 ;;
+        ARCH=aarch64 DEB_ARCH=arm64 WHEEL_ARCH=aarch64 QEMU_USER=qemu-aarch64 UNAME_M=aarch64 CPU=cortex-a72 ;;
     armv7 | armv7l | armhf)
-        ARCH=armv7 DEB_ARCH=armhf WHEEL_ARCH=armv7l QEMU_USER=qemu-arm UNAME_M=armv7l ;;
+        ARCH=armv7 DEB_ARCH=armhf WHEEL_ARCH=armv7l QEMU_USER=qemu-arm UNAME_M=armv7l CPU=cortex-a15 ;;
     *) die "ARCH=$1: use aarch64 (arm64) or armv7 (armhf)" ;;
     esac
 }
@@ -129,10 +129,14 @@ bind_into() {  # bind_into HOSTDIR ROOT/PATH [ro]
     [ "${3:-}" != ro ] || mount -o remount,bind,ro "$2"
 }
 # Run in the chroot with a clean environment: no host PIP_*, VIRTUAL_ENV or proxies leak in.
+# QEMU_CPU: a real core (Pi 4 class) rather than qemu-user's default "max". Under "max" (SVE/SVE2)
+# LiteRT's XNNPACK int8 kernels give wrong results on qemu 7.2 (off by up to 125 quantization
+# steps); with cortex-a72/a76, neoverse-n1, a64fx or max,sve=off they equal x86 bit for bit.
 in_chroot() {  # in_chroot ROOT COMMAND...
     local root=$1
     shift
     env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+        QEMU_CPU="${QEMU_CPU:-$CPU}" \
         DEBIAN_FRONTEND=noninteractive PYTHONDONTWRITEBYTECODE=1 chroot "$root" "$@" </dev/null
 }
 
@@ -159,3 +163,20 @@ target_download() {  # target_download WHEEL_ARCH DEST PIP-ARGS... : binary whee
 }
 
 inferd_version() { sed -n 's/^version *= *"\(.*\)"/\1/p' "$REPO/pyproject.toml" | head -1; }
+
+# Every qemu-system process we start writes a pid file in build/run/; this kills exactly those
+# (checking the pid still is that qemu), never anything else.
+kill_recorded_qemus() {  # kill_recorded_qemus RUNDIR
+    local f pid n=0
+    for f in "$1"/*.pid; do
+        [ -e "$f" ] || continue
+        pid=$(cat "$f")
+        if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q '^qemu-system'; then
+            kill "$pid" 2>/dev/null && n=$((n + 1))
+            sleep 1
+            kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+        fi
+        rm -f "$f"
+    done
+    echo "clean-procs: stopped $n qemu process(es)"
+}

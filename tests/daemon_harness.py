@@ -34,7 +34,7 @@ class DaemonProcess:
         text = config
         for key, value in {
             "models": MODELS, "router": self.router, "pull": self.pull, "results": self.results,
-            "camera_pub": self.camera_pub, "metrics": f"127.0.0.1:{self.metrics_port}",
+            "camera_pub": self.camera_pub, "metrics": f"127.0.0.1:{self.metrics_port}", "tmp": tmp,
         }.items():  # fmt: skip
             text = text.replace("{" + key + "}", str(value))
         self.config_path = tmp / "inferd.yaml"

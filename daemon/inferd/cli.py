@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH, help=CONFIG_HELP)
     r.set_defaults(func=cmd_run)
 
+    rl = sub.add_parser("reload", help="make a running daemon re-read its config (SIGHUP)")
+    rl.add_argument("--pid", type=int, help="the daemon's PID (default: find the one 'inferd run')")
+    rl.set_defaults(func=cmd_reload)
+
     d = sub.add_parser("demo", help="run the daemon on the example models with synthetic cameras")
     d.add_argument(
         "-c", "--config", type=Path, default=None, help="models from this config (default: examples)"
@@ -99,29 +103,95 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+    import os
     import signal
     import threading
 
     from inferd.daemon import Daemon
     from inferd.logs import setup_logging
+    from inferd.service import Notifier, Watchdog, watchdog_interval
 
     config, base_dir = load_config(args.config)
     if args.log_level == "warning":  # not given on the command line: the config decides
         setup_logging(config.logging.level)
-    from inferd.service import Notifier
+    notifier = Notifier()
+    daemon = Daemon(config, base_dir, notifier=notifier, config_path=args.config)
+    wake = threading.Event()
+    flags = {"stop": False, "reload": False}
 
-    daemon = Daemon(config, base_dir, notifier=Notifier())
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    def on_signal(signum: int, _frame) -> None:
+        flags["reload" if signum == signal.SIGHUP else "stop"] = True
+        wake.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         daemon.start()
     except OSError as e:
+        notifier.status(f"failed to start: {e}")
         raise InferdError(str(e)) from None
-    while not stop.wait(1.0):
-        pass
+    except InferdError as e:
+        notifier.status(f"failed to start: {e}")
+        raise
+    interval = watchdog_interval()
+    watchdog = Watchdog(notifier, interval, daemon.health) if interval else None
+    if watchdog:
+        watchdog.start()
+    while not flags["stop"]:
+        wake.wait(1.0)
+        wake.clear()
+        if flags["reload"] and not flags["stop"]:
+            flags["reload"] = False
+            daemon.reload()
+    if watchdog:
+        watchdog.stop()
     daemon.stop()
+    if daemon.busy:  # an inference outlived the drain time; its reply was sent: do not wait for it
+        logging.shutdown()
+        os._exit(0)
     return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    pids = [args.pid] if args.pid else running_daemons()
+    if not pids:
+        print("inferd reload: no running 'inferd run' found (give --pid)", file=sys.stderr)
+        return 1
+    if len(pids) > 1:
+        print(
+            f"inferd reload: several daemons run ({', '.join(map(str, pids))}): give --pid", file=sys.stderr
+        )
+        return 1
+    try:
+        os.kill(pids[0], signal.SIGHUP)
+    except OSError as e:
+        print(f"inferd reload: cannot signal {pids[0]}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to inferd (pid {pids[0]}); the journal or log says how the reload went")
+    return 0
+
+
+def running_daemons() -> list[int]:
+    """PIDs of `inferd run` processes of this machine (read from /proc)."""
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        names = [os.path.basename(a) for a in argv]
+        if b"run" in argv and (b"inferd" in names or any(a == b"inferd" for a in argv)):
+            pids.append(int(entry))
+    return pids
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -255,9 +255,6 @@ class MetricsConfig(Strict):
         None, min_length=1, description="Histogram buckets in seconds (default: 100 us to 10 s)."
     )
     sysfs: str = Field("/sys", description="Where to read temperatures and CPU frequencies from.")
-    hang_after_s: float = Field(
-        30.0, gt=0, description="A worker inside one inference longer than this is hung (/healthz fails)."
-    )
 
     @field_validator("latency_buckets")
     @classmethod
@@ -285,6 +282,21 @@ class SourceConfig(Strict):
     )
 
 
+class ServiceConfig(Strict):
+    drain_timeout_s: float = Field(
+        5.0,
+        ge=0,
+        description="On SIGTERM, how long queued frames may still be served before they are answered "
+        "with `shutdown`.",
+    )
+    hang_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A worker inside one inference longer than this is hung: /healthz fails and "
+        "the systemd watchdog is no longer pinged.",
+    )
+
+
 class Config(Strict):
     """The whole file."""
 
@@ -298,6 +310,7 @@ class Config(Strict):
     sources: list[SourceConfig] = Field(default_factory=list, description="Queue policy per source.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
 
     @model_validator(mode="after")
     def _routes_name_models(self) -> Config:

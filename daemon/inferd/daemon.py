@@ -1,8 +1,7 @@
-"""The running daemon: models, queues, workers, sockets and metrics wired together."""
+"""The running daemon: models, queues, workers, sockets and metrics wired together; reload; stop."""
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import threading
 import time
@@ -10,12 +9,13 @@ from pathlib import Path
 
 import zmq
 
-from inferd.config import Config
-from inferd.errors import ModelLoadError
+from inferd.config import Config, ModelConfig, load_config
+from inferd.errors import InferdError, ModelLoadError
 from inferd.health import HttpServer
 from inferd.metrics import Metrics
-from inferd.models import Model, load_model, load_models
-from inferd.pipeline import Frame, ModelQueue, SourcePolicies, Worker
+from inferd.models import Model, file_sha256, load_model, resolve_path
+from inferd.pipeline import ModelQueue, SourcePolicies, Worker
+from inferd.routing import Dispatcher
 from inferd.service import Notifier
 from inferd.transport import Replies, Transport
 
@@ -23,123 +23,75 @@ log = logging.getLogger("inferd")
 LOAD_TIMEOUT_S = 60.0  # EXTEND_TIMEOUT_USEC granted per model while it loads
 
 
-class Dispatcher:
-    """Decides which model queues a frame goes to, and answers what cannot be routed."""
-
-    def __init__(self, config: Config, queues: dict[str, ModelQueue], replies: Replies) -> None:
-        self.config, self.queues, self.replies = config, queues, replies
-        self.known = {m.name for m in config.models}
-        self._routes: dict[str, list[str]] = {}
-
-    def route(self, source: str) -> list[str]:
-        models = self._routes.get(source)
-        if models is None:
-            if not self.config.routes:
-                models = [m.name for m in self.config.models]
-            else:
-                models = []
-                for r in self.config.routes:
-                    if any(fnmatch.fnmatchcase(source, pat) for pat in r.sources):
-                        models += [m for m in r.models if m not in models]
-            if len(self._routes) < 4096:
-                self._routes[source] = models
-        return models
-
-    def submit(self, frame: Frame, router: bool = False) -> list[ModelQueue]:
-        """Queue the frame for its models; returns the fifo queues that had no room (to retry)."""
-        names = frame.header.models or self.route(frame.source)
-        requested = frame.header.models[0] if frame.header.models else ""
-        if not names:
-            self.replies.reject(
-                frame, requested, "no_route", f"no route sends source {frame.source!r} to a model"
-            )
-            return []
-        for name in names:
-            if name not in self.known:
-                self.replies.reject(
-                    frame,
-                    name,
-                    "unknown_model",
-                    f"unknown model {name!r}; models: {', '.join(sorted(self.known))}",
-                )
-                return []
-            if name not in self.queues:
-                self.replies.reject(frame, name, "model_unavailable", f"model {name!r} is not loaded")
-                return []
-        if router and len(names) != 1:
-            self.replies.reject(
-                frame,
-                requested,
-                "multiple_models",
-                f"a request gets one reply, so it must name one model (routed to {', '.join(names)})",
-            )
-            return []
-        return [q for q in (self.queues[n] for n in names) if not q.put(frame)]
-
-    def expire(self) -> None:
-        """Answer queued router requests whose deadline passed, before the deadline is far gone."""
-        now = time.time()
-
-        def passed(frame: Frame) -> str | None:
-            d = frame.header.deadline
-            return "deadline" if d is not None and now > d else None
-
-        for name, q in self.queues.items():
-            if q.size:
-                for frame, reason in q.remove_if(passed):
-                    self.replies.drop(frame, name, reason)
-
-
 class Daemon:
     def __init__(
-        self, config: Config, base_dir: Path, metrics: Metrics | None = None, notifier: Notifier | None = None
+        self,
+        config: Config,
+        base_dir: Path,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+        config_path: Path | None = None,
     ) -> None:
-        self.config, self.base_dir = config, base_dir
+        self.config, self.base_dir, self.config_path = config, base_dir, config_path
         self.notifier = notifier or Notifier("")
         self.metrics = metrics or Metrics(
             buckets=config.metrics.latency_buckets, sysfs=config.metrics.sysfs, queue_depths=self.queue_depths
         )
         self.ctx = zmq.Context()
-        self.models: dict[str, list[Model]] = {}
+        self.models: dict[str, list[Model]] = {}  # name -> instances (ONNX: one shared session)
         self.failed: dict[str, ModelLoadError] = {}
         self.queues: dict[str, ModelQueue] = {}
-        self.workers: list[Worker] = []
+        self.workers: dict[str, list[Worker]] = {}
+        self.policies = SourcePolicies(config.sources)
         self.replies = Replies(self.ctx, self.metrics)
         self.transport: Transport | None = None
         self.io_thread: threading.Thread | None = None
-        self.http = None
+        self.http: HttpServer | None = None
         self.ready = threading.Event()
         self._stopped = False
+        self._retiring: list[threading.Thread] = []
+        self._reload_lock = threading.Lock()
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
-    def load(self) -> None:
-        """Load and warm every model; a required one that fails raises ModelLoadError."""
+    # ---- models ------------------------------------------------------------------------------
 
-        def loading(cfg) -> None:
+    def _load(self, cfgs: list[ModelConfig], base_dir: Path, runtime_level: str) -> dict[str, list[Model]]:
+        """Load and warm `cfgs` (with their instances). Failures go to self.failed; a required
+        one raises after closing whatever this call loaded."""
+        loaded: dict[str, list[Model]] = {}
+        failed: dict[str, ModelLoadError] = {}
+        for cfg in cfgs:
             self.notifier.status(f"loading model {cfg.name}")
             self.notifier.extend_timeout(LOAD_TIMEOUT_S)
-
-        loaded, self.failed = load_models(self.config, self.base_dir, loading)
-        for cfg in self.config.models:
-            if cfg.name in self.failed and cfg.required:
-                for m in loaded.values():
-                    m.close()
-                raise self.failed[cfg.name]
-        for name, model in loaded.items():
-            instances = [model]
-            for _ in range(1, model.cfg.instances):
+            try:
+                first = load_model(cfg, base_dir, runtime_level)
                 # onnxruntime sessions are thread-safe and shared; a TFLite interpreter is not
-                instances.append(
-                    model
-                    if model.runtime == "onnx"
-                    else load_model(model.cfg, self.base_dir, self.config.logging.runtime_level)
-                )
-            self.models[name] = instances
-            self.metrics.model_up(model)
-        for name in self.failed:
-            self.metrics.model_loaded.labels(name).set(0)
-        if self.failed:
-            log.warning("running degraded: optional model(s) not loaded: %s", ", ".join(sorted(self.failed)))
+                loaded[cfg.name] = [first] + [
+                    first if first.runtime == "onnx" else load_model(cfg, base_dir, runtime_level)
+                    for _ in range(1, cfg.instances)
+                ]
+            except ModelLoadError as e:
+                log.log(
+                    logging.ERROR if cfg.required else logging.WARNING,
+                    "%s%s", e, "" if cfg.required else " (not required: continuing degraded)",
+                )  # fmt: skip
+                failed[cfg.name] = e
+                if cfg.required:
+                    close_all(loaded)
+                    raise
+        self.failed.update(failed)
+        return loaded
+
+    def _serve(self, name: str, instances: list[Model]) -> tuple[ModelQueue, list[Worker]]:
+        """A queue and its (not yet started) workers for a loaded model."""
+        q = ModelQueue(name, self.policies, self._dropped(name))
+        workers = [
+            Worker(m, q, self.replies, self.metrics, self.policies, i) for i, m in enumerate(instances)
+        ]
+        self.metrics.model_up(instances[0])
+        return q, workers
+
+    # ---- start -------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Serve HTTP, load models, bind sockets, start workers and the IO thread. Ready when it returns.
@@ -157,27 +109,130 @@ class Daemon:
             self.http = HttpServer(
                 self.config.metrics.listen, self.metrics.registry, self.health, self.readiness
             )
-        self.load()
-        policies = SourcePolicies(self.config.sources)
+        self.models = self._load(self.config.models, self.base_dir, self.config.logging.runtime_level)
+        for name in self.failed:
+            self.metrics.model_loaded.labels(name).set(0)
+        if self.failed:
+            log.warning("running degraded: optional model(s) not loaded: %s", ", ".join(sorted(self.failed)))
         for name, instances in self.models.items():
-            q = self.queues[name] = ModelQueue(name, policies, self._dropped(name))
-            for i, model in enumerate(instances):
-                self.workers.append(Worker(model, q, self.replies, self.metrics, policies, i))
+            self.queues[name], self.workers[name] = self._serve(name, instances)
         dispatcher = Dispatcher(self.config, self.queues, self.replies)
         self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics)
         self.transport.bind()
-        for w in self.workers:
-            w.start()
+        for workers in self.workers.values():
+            for w in workers:
+                w.start()
         self.io_thread = threading.Thread(target=self.transport.run, name="io", daemon=True)
         self.io_thread.start()
         self.ready.set()
         self.notifier.ready(self.status_line())
         log.info(
             "ready: %d model(s), %d endpoint(s), results on %s",
-            len(self.models),
-            len(self.config.endpoints),
-            self.config.results.bind or "(none)",
-        )
+            len(self.models), len(self.config.endpoints), self.config.results.bind or "(none)",
+        )  # fmt: skip
+
+    # ---- reload ------------------------------------------------------------------------------
+
+    def reload(self, path: Path | None = None) -> bool:
+        """Re-read the config; load changed models beside the running ones, then swap atomically.
+
+        Unchanged models keep their queues, workers and sessions; in-flight and queued frames of a
+        replaced model finish on it. Sockets that did not change stay bound. Anything failing
+        leaves the running set untouched. Returns whether the new config is now serving.
+        """
+        path = path or self.config_path
+        with self._reload_lock:
+            self.notifier.reloading()
+            log.info("reloading %s", path)
+            try:
+                self._reload(path)
+            except (InferdError, OSError, TimeoutError) as e:
+                log.error("reload failed, still serving the previous config: %s", e)
+                self.metrics.config_reloads.labels("failed").inc()
+                self.notifier.ready(f"{self.status_line()}; last reload failed")
+                return False
+            self.metrics.config_reloads.labels("ok").inc()
+            self.notifier.ready(self.status_line())
+            log.info("reloaded: %s", self.status_line())
+            return True
+
+    def _reload(self, path: Path | None) -> None:
+        if path is None:
+            raise InferdError("no config file to reload from")
+        config, base_dir = load_config(path)
+        old = {m.name: m for m in self.config.models}
+        keep, fresh = [], []
+        for cfg in config.models:
+            running = self.models.get(cfg.name)
+            if (
+                running
+                and old.get(cfg.name) == cfg
+                and base_dir == self.base_dir
+                and _same_file(running[0], base_dir)
+            ):
+                keep.append(cfg.name)
+            else:
+                fresh.append(cfg)
+        previous_failed, self.failed = self.failed, {}
+        try:
+            loaded = self._load(fresh, base_dir, config.logging.runtime_level)
+        except ModelLoadError:
+            self.failed = previous_failed
+            raise
+        self.policies.update(config.sources)
+        queues = {name: self.queues[name] for name in keep}
+        new_workers: dict[str, list[Worker]] = {}
+        for name, instances in loaded.items():
+            queues[name], new_workers[name] = self._serve(name, instances)
+        dispatcher = Dispatcher(config, queues, self.replies)
+        try:
+            added = self.transport.call(lambda: self.transport.reconfigure(config, dispatcher))
+        except (OSError, TimeoutError):
+            for workers in new_workers.values():
+                for w in workers:
+                    w.queue.close()
+            close_all(loaded)
+            self.failed = previous_failed
+            raise
+        # swapped: frames now go to `queues`; retire what was replaced or removed
+        retired = {n: q for n, q in self.queues.items() if queues.get(n) is not q}
+        old_models = {n: self.models[n] for n in retired if n in self.models}
+        old_workers = {n: self.workers.pop(n, []) for n in retired}
+        self.workers.update(new_workers)
+        for workers in new_workers.values():
+            for w in workers:
+                w.start()
+        self.models = {n: self.models[n] for n in keep} | loaded
+        self.queues, self.config, self.base_dir, self.config_path = queues, config, base_dir, path
+        for name in retired:
+            if name not in queues:
+                self.metrics.forget_model(name)
+        for name in self.failed:
+            self.metrics.model_loaded.labels(name).set(0)
+        if added:
+            log.info("new endpoints: %s", ", ".join(added))
+        self._retire(retired, old_workers, old_models)
+
+    def _retire(self, queues: dict[str, ModelQueue], workers: dict, models: dict) -> None:
+        """Let replaced models finish their queued frames in the background, then close them."""
+        for q in queues.values():
+            q.close()
+
+        def wait() -> None:
+            for ws in workers.values():
+                for w in ws:
+                    w.join()
+            close_all(models)
+            log.info("retired model(s): %s", ", ".join(sorted(queues)) or "-")
+
+        t = threading.Thread(target=wait, name="retire", daemon=True)
+        t.start()
+        self._retiring.append(t)
+
+    # ---- health ------------------------------------------------------------------------------
+
+    def all_workers(self) -> list[Worker]:
+        return [w for ws in list(self.workers.values()) for w in ws]
 
     def queue_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
@@ -189,17 +244,20 @@ class Daemon:
     def health(self) -> tuple[bool, dict]:
         """Alive and making progress: the IO loop turns and no worker is stuck in one inference."""
         now = time.monotonic()
-        if self.transport is None:
-            return True, {"status": "starting" if not self.ready.is_set() else "stopped"}
+        if self.transport is None or not self.ready.is_set():
+            return not self._stopped, {"status": "stopped" if self._stopped else "starting"}
         problems = []
         if now - self.transport.last_loop > 5.0:
             problems.append(f"IO loop stalled for {now - self.transport.last_loop:.1f} s")
-        for w in self.workers:
+        hang = self.config.service.hang_after_s
+        for w in self.all_workers():
             busy = w.busy_since
-            if busy is not None and now - busy > self.config.metrics.hang_after_s:
+            if busy is not None and now - busy > hang:
                 problems.append(f"model {w.model.name} stuck in one inference for {now - busy:.1f} s")
-            elif not w.is_alive() and not self.queues[w.model.name].closed:
+            elif w.ident is not None and not w.is_alive() and not w.queue.closed:
                 problems.append(f"worker {w.name} died")
+            elif busy is None and w.is_alive() and now - w.last_progress > 5.0:
+                problems.append(f"worker {w.name} loop stalled for {now - w.last_progress:.1f} s")
         return not problems, {"status": "ok" if not problems else "unhealthy", "problems": problems}
 
     def readiness(self) -> tuple[bool, dict]:
@@ -234,7 +292,9 @@ class Daemon:
     def _dropped(self, model: str):
         return lambda frame, reason: self.replies.drop(frame, model, reason)
 
-    def stop(self, drain_timeout: float = 5.0) -> None:
+    # ---- stop --------------------------------------------------------------------------------
+
+    def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, serve what is queued within `drain_timeout`, answer the rest, close.
 
         Safe to call on a daemon that only partly started, and more than once.
@@ -242,6 +302,8 @@ class Daemon:
         if self._stopped:
             return
         self._stopped = True
+        if drain_timeout is None:
+            drain_timeout = self.config.service.drain_timeout_s
         self.ready.clear()
         self.notifier.stopping(f"stopping: draining queues (up to {drain_timeout:g} s)")
         log.info("stopping: draining queues (up to %.1f s)", drain_timeout)
@@ -250,12 +312,17 @@ class Daemon:
         for q in self.queues.values():
             q.close()
         deadline = time.monotonic() + drain_timeout
-        for w in self.workers:
+        for w in self.all_workers():
             if w.ident is not None:
                 w.join(max(0.0, deadline - time.monotonic()))
         for name, q in self.queues.items():
             for frame, reason in q.remove_if(lambda f: "shutdown"):
                 self.replies.drop(frame, name, reason)
+        for w in self.all_workers():  # still inside an inference after the drain time: answer now
+            frame = w.current
+            if w.is_alive() and frame is not None:
+                w.abandoned = True
+                self.replies.drop(frame, w.model.name, "shutdown")
         self.replies.release()  # this thread's socket: the shutdown answers above are in the outbox
         if self.transport is not None:
             self.transport.close()
@@ -265,8 +332,34 @@ class Daemon:
         if self.http is not None:
             self.http.shutdown()
             self.http = None
-        for instances in self.models.values():
-            for m in {id(x): x for x in instances}.values():
-                m.close()
-        self.ctx.destroy(linger=0)
+        for t in self._retiring:
+            t.join(max(0.0, deadline - time.monotonic()))
+        busy = {w.model.name for w in self.all_workers() if w.is_alive()}
+        if busy:
+            # a session cannot be freed under a running inference: leave it to process exit
+            log.warning("stopped with model(s) still inside an inference: %s", ", ".join(sorted(busy)))
+            close_all({n: m for n, m in self.models.items() if n not in busy})
+        else:
+            close_all(self.models)
+            self.ctx.destroy(linger=0)
         log.info("stopped")
+
+    @property
+    def busy(self) -> bool:
+        """True when a worker is still inside an inference (after stop: exit without cleanup)."""
+        return any(w.is_alive() for w in self.all_workers())
+
+
+def _same_file(model: Model, base_dir: Path) -> bool:
+    """True when the model file on disk is still the one that is loaded."""
+    path = resolve_path(model.cfg.path, base_dir)
+    try:
+        return path == model.path and file_sha256(path) == model.sha256
+    except OSError:
+        return False
+
+
+def close_all(models: dict[str, list[Model]]) -> None:
+    for instances in models.values():
+        for m in {id(x): x for x in instances}.values():
+            m.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -149,8 +150,18 @@ class Metrics:
         if sysfs is not None:
             r.register(DeviceCollector(sysfs))
 
+    def forget_model(self, name: str) -> None:
+        """A model removed by a reload: drop its per-model gauges."""
+        for gauge in (self.model_loaded, self.model_load_seconds):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
+        for labels in [k for k in self.model_info._metrics if k[0] == name]:
+            self.model_info.remove(*labels)
+
     def model_up(self, model) -> None:
         info = model.describe()
+        for labels in [k for k in self.model_info._metrics if k[0] == model.name]:
+            self.model_info.remove(*labels)  # a reloaded model: only its current file is listed
         self.model_loaded.labels(model.name).set(1)
         self.model_info.labels(
             model.name, info["runtime"], info["path"], info["sha256"], str(info["quantized"]).lower()

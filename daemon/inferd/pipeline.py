@@ -61,8 +61,12 @@ class SourcePolicies:
     """Which queue policy applies to a source: the first matching `sources` entry, else the default."""
 
     def __init__(self, entries: list[SourceConfig]) -> None:
-        self.entries = entries
         self.default = SourceConfig()
+        self.update(entries)
+
+    def update(self, entries: list[SourceConfig]) -> None:
+        """New entries (on reload); running queues see them from their next frame on."""
+        self.entries = list(entries)
         self._cache: dict[str, SourceConfig] = {}
 
     def __call__(self, source: str) -> SourceConfig:
@@ -201,6 +205,8 @@ class Worker(threading.Thread):
         super().__init__(name=f"worker-{model.name}-{index}", daemon=True)
         self.model, self.queue, self.sink, self.metrics, self.policies = model, queue, sink, metrics, policies
         self.busy_since: float | None = None  # monotonic start of the current inference (watchdog)
+        self.current: Frame | None = None  # the frame being processed
+        self.abandoned = False  # set at shutdown when the current frame was already answered
         self.last_progress = time.monotonic()
         m = model.name
         self._infer_hist = metrics.inference_seconds.labels(m)
@@ -224,12 +230,14 @@ class Worker(threading.Thread):
                 if self.queue.closed:
                     return
                 continue
+            self.current = frame
             try:
                 self.process(frame)
             except Exception:  # a bug must not kill the worker; the frame still gets an answer
                 self.busy_since = None
                 log.exception("model %s: unexpected error on a frame from %s", self.model.name, frame.source)
                 self.sink.error(frame, self.model.name, "internal", "internal error, see the daemon log")
+            self.current = None
             self.last_progress = time.monotonic()
 
     def process(self, frame: Frame) -> None:
@@ -268,4 +276,5 @@ class Worker(threading.Thread):
         self._batch_hist.observe(1)
         self._ok.inc()
         t.total = time.monotonic() - frame.received
-        self.sink.result(frame, model, outputs, decoded, t)
+        if not self.abandoned:
+            self.sink.result(frame, model, outputs, decoded, t)

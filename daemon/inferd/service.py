@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 
 log = logging.getLogger("inferd.service")
@@ -88,3 +89,34 @@ class JournalFormatter(logging.Formatter):
         prio = _PRIORITY.get(record.levelno, 6)
         text = super().format(record).replace("\n", " | ")  # one line per event
         return f"<{prio}>{record.name}: {text}"
+
+
+class Watchdog:
+    """Pings systemd's watchdog at half of WATCHDOG_USEC, only while `health()` says the loops
+    make progress. A hung inference stops the pings, so systemd restarts the service."""
+
+    def __init__(self, notifier: Notifier, interval: float, health) -> None:
+        self.notifier, self.interval, self.health = notifier, interval, health
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+        self._silent = False
+
+    def start(self) -> None:
+        log.info("watchdog: pinging every %.1f s while healthy", self.interval)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            ok, body = self.health()
+            if ok:
+                if self._silent:
+                    log.warning("watchdog: healthy again, pinging systemd")
+                    self._silent = False
+                self.notifier.watchdog()
+            elif not self._silent:
+                self._silent = True
+                log.error("watchdog: not pinging systemd: %s", "; ".join(body.get("problems", [])) or body)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.interval + 1)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
 import time
 from typing import Any
 
 import zmq
 
-from inferd.config import Config, EndpointConfig
+from inferd.config import Config, EndpointConfig, ResultsConfig
 from inferd.errors import FrameError
 from inferd.pipeline import Frame, Timings
 from inferd.protocol import VERSION, decode_header, decode_payload, encode_header, tensor_specs
@@ -85,7 +86,7 @@ class Replies:
         head = encode_header(header)
         if reply_to is not None:
             ep, envelope = reply_to
-            parts = [REPLY + bytes([ep]), *envelope, head, *tensors]
+            parts = [REPLY + ep.to_bytes(2, "big"), *envelope, head, *tensors]
         else:
             parts = [PUBLISH, f"{model or '_'}/{source or '_'}".encode(), head, *tensors]
         self._socket().send_multipart(parts, copy=False)
@@ -163,44 +164,61 @@ class Replies:
             self._local.sock = None
 
 
+class Endpoint:
+    """One ingest socket with its config and a stable id (replies find their socket by id)."""
+
+    def __init__(self, eid: int, cfg: EndpointConfig, sock: zmq.Socket) -> None:
+        self.id, self.cfg, self.sock = eid, cfg, sock
+
+
 class Transport:
-    """Binds the sockets and runs the IO loop: receive, validate, dispatch; forward replies."""
+    """Binds the sockets and runs the IO loop: receive, validate, dispatch; forward replies.
+
+    Only the IO thread touches the sockets once `run` started; other threads ask it to do
+    things with `call` (used by reload to change endpoints).
+    """
 
     def __init__(self, ctx: zmq.Context, config: Config, dispatcher, replies: Replies, metrics) -> None:
-        self.ctx, self.config, self.dispatcher, self.replies, self.metrics = (
-            ctx,
-            config,
-            dispatcher,
-            replies,
-            metrics,
-        )
-        self.ingest: list[zmq.Socket] = []
+        self.ctx, self.config, self.dispatcher = ctx, config, dispatcher
+        self.replies, self.metrics = replies, metrics
+        self.endpoints: dict[int, Endpoint] = {}
         self.pub: zmq.Socket | None = None
         self.outbox: zmq.Socket | None = None
         self.accepting = threading.Event()
         self.stopped = threading.Event()
-        self._pending: dict[int, tuple[Frame, list]] = {}  # fifo backpressure: endpoint -> waiting frame
+        self._pending: dict[int, tuple[Frame, list]] = {}  # fifo backpressure: endpoint id -> frame
         self._sources: set[str] = set()
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._next_id = 0
         self.last_loop = time.monotonic()
 
     def bind(self) -> None:
         self.outbox = self.ctx.socket(zmq.PULL)
         self.outbox.bind(OUTBOX)
         for ep in self.config.endpoints:
-            self.ingest.append(self._endpoint(ep))
-        res = self.config.results
-        if res.bind:
-            self.pub = self.ctx.socket(zmq.PUB)
-            self.pub.setsockopt(zmq.SNDHWM, res.sndhwm)
-            self.pub.setsockopt(zmq.LINGER, 1000)
-            ensure_ipc_dir(res.bind)
-            try:
-                self.pub.bind(res.bind)
-            except zmq.ZMQError as e:
-                raise OSError(f"results {res.bind}: {e}") from None
+            self._add(ep)
+        if self.config.results.bind:
+            self.pub = self._publisher(self.config.results)
         self.accepting.set()
 
-    def _endpoint(self, ep: EndpointConfig) -> zmq.Socket:
+    def _add(self, cfg: EndpointConfig) -> Endpoint:
+        self._next_id = self._next_id % 65535 + 1
+        ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, self._socket(cfg))
+        return ep
+
+    def _publisher(self, res: ResultsConfig) -> zmq.Socket:
+        pub = self.ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, res.sndhwm)
+        pub.setsockopt(zmq.LINGER, 1000)
+        try:
+            ensure_ipc_dir(res.bind)
+            pub.bind(res.bind)
+        except (zmq.ZMQError, OSError) as e:
+            pub.close(linger=0)
+            raise OSError(f"results {res.bind}: {e}") from None
+        return pub
+
+    def _socket(self, ep: EndpointConfig) -> zmq.Socket:
         kind = {"pull": zmq.PULL, "sub": zmq.SUB, "router": zmq.ROUTER}[ep.type]
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.MAXMSGSIZE, ep.max_message_bytes)
@@ -218,67 +236,137 @@ class Transport:
                 sock.bind(ep.bind)
             for addr in ep.connect or []:
                 sock.connect(addr)
-        except zmq.ZMQError as e:
+        except (zmq.ZMQError, OSError) as e:
             sock.close(linger=0)
             raise OSError(f"endpoint {ep.type} {ep.bind or ep.connect}: {e}") from None
         return sock
+
+    # ---- changes while running (reload) ------------------------------------------------------
+
+    def call(self, fn, timeout: float = 10.0):
+        """Run `fn()` in the IO thread and return its result (or raise its exception)."""
+        done = threading.Event()
+        box: dict = {}
+
+        def wrapped() -> None:
+            try:
+                box["result"] = fn()
+            except BaseException as e:  # handed back to the caller
+                box["error"] = e
+            finally:
+                done.set()
+
+        self._calls.put(wrapped)
+        if not done.wait(timeout):
+            raise TimeoutError("the IO thread did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    def reconfigure(self, config: Config, dispatcher) -> list[str]:
+        """IO thread: bring the sockets in line with `config`; unchanged ones stay bound.
+
+        All or nothing: if a new socket cannot be bound, the old set stays as it was.
+        """
+        keep = {e.id for e in self.endpoints.values() if e.cfg in config.endpoints}
+        kept_cfgs = [self.endpoints[i].cfg for i in keep]
+        added_cfgs = [c for c in config.endpoints if c not in kept_cfgs]
+        removed = [e for e in self.endpoints.values() if e.id not in keep]
+        # an address that stays but with other options must be released before it is bound again
+        new_addrs = {c.bind for c in added_cfgs if c.bind}
+        early = [e for e in removed if e.cfg.bind in new_addrs]
+        for e in early:
+            e.sock.close(linger=0)
+        added: list[Endpoint] = []
+        new_pub = None
+        try:
+            for c in added_cfgs:
+                added.append(self._add(c))
+            if config.results != self.config.results and config.results.bind:
+                if self.pub is not None and config.results.bind == self.config.results.bind:
+                    self.pub.close(linger=0)
+                    self.pub = None
+                new_pub = self._publisher(config.results)
+        except OSError:
+            for e in added:
+                e.sock.close(linger=0)
+                del self.endpoints[e.id]
+            for e in early:  # best effort: put the released addresses back
+                e.sock = self._socket(e.cfg)
+            raise
+        for e in removed:
+            if e not in early:
+                e.sock.close(linger=0)
+            self._pending.pop(e.id, None)
+            del self.endpoints[e.id]
+        if config.results != self.config.results:
+            if self.pub is not None:
+                self.pub.close(linger=1000)
+            self.pub = new_pub
+        self.config, self.dispatcher = config, dispatcher
+        return [f"{e.cfg.type} {e.cfg.bind or e.cfg.connect}" for e in added]
 
     # ---- the IO loop -------------------------------------------------------------------------
 
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.outbox, zmq.POLLIN)
-        polled = set()
+        polled: dict[int, zmq.Socket] = {}
         last_sweep = time.monotonic()
         while not self.stopped.is_set():
             self.last_loop = now = time.monotonic()
+            while not self._calls.empty():
+                self._calls.get()()
             # endpoints with a frame waiting for room in a fifo queue are not read (backpressure)
             want = (
-                {i for i in range(len(self.ingest)) if i not in self._pending}
+                {i: e.sock for i, e in self.endpoints.items() if i not in self._pending}
                 if self.accepting.is_set()
-                else set()
+                else {}
             )
-            for i in want - polled:
-                poller.register(self.ingest[i], zmq.POLLIN)
-            for i in polled - want:
-                poller.unregister(self.ingest[i])
+            for i, sock in polled.items():
+                if want.get(i) is not sock:
+                    with contextlib.suppress(KeyError, zmq.ZMQError):
+                        poller.unregister(sock)
+            for i, sock in want.items():
+                if polled.get(i) is not sock:
+                    poller.register(sock, zmq.POLLIN)
             polled = want
-            timeout = 5 if self._pending else 50
-            events = dict(poller.poll(timeout))
+            events = dict(poller.poll(5 if self._pending else 50))
             if self.outbox in events:
                 self._forward()
-            for i in polled:
-                if self.ingest[i] in events:
-                    self._receive(i)
+            for i, sock in polled.items():
+                if sock in events:
+                    self._receive(self.endpoints[i])
             if self._pending:
                 self._retry_pending()
             if now - last_sweep >= SWEEP_S:
                 last_sweep = now
                 self.dispatcher.expire()
+        while not self._calls.empty():
+            self._calls.get()()
         self.replies.release()
         self._flush_outbox()
 
-    def _receive(self, index: int, budget: int = 64) -> None:
+    def _receive(self, ep: Endpoint, budget: int = 64) -> None:
         """Read up to `budget` messages from one endpoint without blocking (fair across endpoints)."""
-        sock = self.ingest[index]
-        ep = self.config.endpoints[index]
         for _ in range(budget):
-            if index in self._pending:
+            if ep.id in self._pending:
                 return
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = ep.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._ingest(index, ep, parts)
+            self._ingest(ep, parts)
 
-    def _ingest(self, index: int, ep: EndpointConfig, parts: list[zmq.Frame]) -> None:
+    def _ingest(self, ep: Endpoint, parts: list[zmq.Frame]) -> None:
+        cfg = ep.cfg
         reply_to = None
-        if ep.type == "router":
+        if cfg.type == "router":
             # [identity, (b"" delimiter from REQ), header, payload...]
             cut = next((i for i, p in enumerate(parts[:8]) if len(p) == 0), 0)
             envelope, parts = parts[: cut + 1], parts[cut + 1 :]
-            reply_to = (index, envelope)
-        elif ep.type == "sub":
+            reply_to = (ep.id, envelope)
+        elif cfg.type == "sub":
             parts = parts[1:]  # the topic
         if not parts:
             self.replies.reject_raw(reply_to, "unknown", "parts", "message has no header part")
@@ -296,7 +384,7 @@ class Transport:
                 )
                 return
             self._sources.add(source)
-        frame = Frame(header, [], time.monotonic(), time.time(), reply_to, ep.max_elements)
+        frame = Frame(header, [], time.monotonic(), time.time(), reply_to, cfg.max_elements)
         self.metrics.frames_received.labels(source).inc()
         payloads = parts[1:]
         try:
@@ -306,30 +394,30 @@ class Transport:
                     f"header describes {len(header.parts)} payload part(s), message has {len(payloads)}",
                 )
             total = sum(len(p) for p in parts)
-            if total > ep.max_message_bytes:
+            if total > cfg.max_message_bytes:
                 raise FrameError(
-                    "too_large", f"message is {total} bytes, the limit is {ep.max_message_bytes}"
+                    "too_large", f"message is {total} bytes, the limit is {cfg.max_message_bytes}"
                 )
             frame.payloads = [p.buffer for p in payloads]
             if all(spec.encoding == "raw" for spec in header.parts):
                 frame.arrays = [
-                    decode_payload(spec, buf, ep.max_elements)
+                    decode_payload(spec, buf, cfg.max_elements)
                     for spec, buf in zip(header.parts, frame.payloads, strict=True)
                 ]
         except FrameError as e:
             self.replies.reject(frame, header.models[0] if header.models else "", e.reason, str(e))
             return
-        pending = self.dispatcher.submit(frame, router=ep.type == "router")
+        pending = self.dispatcher.submit(frame, router=cfg.type == "router")
         if pending:
-            self._pending[index] = (frame, pending)
+            self._pending[ep.id] = (frame, pending)
 
     def _retry_pending(self) -> None:
-        for index, (frame, queues) in list(self._pending.items()):
+        for eid, (frame, queues) in list(self._pending.items()):
             waiting = [q for q in queues if not q.put(frame)]
             if waiting:
-                self._pending[index] = (frame, waiting)
+                self._pending[eid] = (frame, waiting)
             else:
-                del self._pending[index]
+                del self._pending[eid]
 
     def _forward(self, budget: int = 256) -> None:
         for _ in range(budget):
@@ -342,8 +430,11 @@ class Transport:
     def _deliver(self, parts: list[zmq.Frame]) -> None:
         kind = parts[0].bytes
         if kind[:1] == REPLY:
+            ep = self.endpoints.get(int.from_bytes(kind[1:3], "big"))
+            if ep is None:
+                return  # the endpoint went away in a reload
             try:
-                self.ingest[kind[1]].send_multipart(parts[1:], copy=False, flags=zmq.NOBLOCK)
+                ep.sock.send_multipart(parts[1:], copy=False, flags=zmq.NOBLOCK)
             except zmq.ZMQError as e:
                 log.debug("reply to a router peer not sent: %s", e)
         elif self.pub is not None:
@@ -362,8 +453,9 @@ class Transport:
         self.stopped.set()
 
     def close_sockets(self) -> None:
-        for sock in self.ingest:
-            sock.close(linger=0)
+        for ep in self.endpoints.values():
+            ep.sock.close(linger=0)
+        self.endpoints.clear()
         if self.pub is not None:
             self.pub.close(linger=1000)
         if self.outbox is not None:
