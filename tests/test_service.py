@@ -379,3 +379,35 @@ def test_unit_verifies_clean_and_is_hardened(tmp_path):
                  "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
                  "SystemCallFilter=@system-service", "MemoryDenyWriteExecute=yes"):  # fmt: skip
         assert line in text, line
+
+
+MDWE_SCRIPT = """
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (Linux >= 6.3)
+    print("unsupported", ctypes.get_errno()); sys.exit(3)
+import numpy as np
+from pathlib import Path
+from inferd.config import load_config
+from inferd.models import load_models
+config, base = load_config(sys.argv[1])
+loaded, failed = load_models(config, base)
+assert not failed, failed
+frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+for name, model in loaded.items():
+    outputs, decoded = model.predict([frame], "cam0")
+    print(name, model.runtime, decoded["classes"][0]["label"])
+"""
+
+
+def test_the_runtimes_work_under_memory_deny_write_execute():
+    """The unit sets MemoryDenyWriteExecute=yes; the kernel's PR_SET_MDWE enforces the same rule."""
+    proc = subprocess.run(
+        [sys.executable, "-c", MDWE_SCRIPT, str(ROOT / "examples" / "inferd.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if proc.returncode == 3:
+        pytest.skip(f"kernel without PR_SET_MDWE: {proc.stdout}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runtimes = {line.split()[1] for line in proc.stdout.splitlines()}
+    assert runtimes == {"onnx", "tflite"}
