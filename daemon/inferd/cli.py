@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--pid", type=int, help="the daemon's PID (default: find the one 'inferd run')")
     rl.set_defaults(func=cmd_reload)
 
+    k = sub.add_parser("keys", help="CURVE keys for tcp endpoints")
+    ksub = k.add_subparsers(metavar="ACTION", required=True)
+    kg = ksub.add_parser("generate", help="write NAME.key (public, 0644) and NAME.key_secret (0600) into DIR")
+    kg.add_argument("dir", type=Path)
+    kg.add_argument("--name", default="server", help="file name stem (default server)")
+    kg.set_defaults(func=cmd_keys_generate)
+
     d = sub.add_parser("demo", help="run the daemon on the example models with synthetic cameras")
     d.add_argument(
         "-c", "--config", type=Path, default=None, help="models from this config (default: examples)"
@@ -192,6 +199,18 @@ def running_daemons() -> list[int]:
         if b"run" in argv and (b"inferd" in names or any(a == b"inferd" for a in argv)):
             pids.append(int(entry))
     return pids
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from inferd.security import generate_keys
+
+    if (args.dir / f"{args.name}.key_secret").exists():
+        print(f"inferd keys: {args.dir / args.name}.key_secret exists; not overwriting", file=sys.stderr)
+        return 1
+    public, secret = generate_keys(args.dir, args.name)
+    print(f"public key: {public}  (give it to the other side)")
+    print(f"secret key: {secret}  (keep it here, mode 0600)")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

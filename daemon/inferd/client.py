@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,32 @@ from inferd.errors import RequestError, RequestTimeout
 from inferd.protocol import VERSION, decode_tensors, encode_header
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+Key = str | bytes | Path
+
+
+def use_curve(sock: zmq.Socket, server_key: Key | None, client_key: Key | None) -> bool:
+    """Make `sock` a CURVE client of a server whose public key (z85, or a .key file) is given.
+
+    `client_key` is this client's NAME.key_secret file (its public half must be in the
+    daemon's clients_dir). Returns whether CURVE is on.
+    """
+    if server_key is None:
+        return False
+    if client_key is None:
+        raise ValueError(
+            "a CURVE server key needs client_key= (a .key_secret file from inferd keys generate)"
+        )
+    import zmq.auth
+
+    if isinstance(server_key, Path) or (isinstance(server_key, str) and len(server_key) != 40):
+        server_public, _ = zmq.auth.load_certificate(str(server_key))
+    else:
+        server_public = server_key.encode() if isinstance(server_key, str) else server_key
+    public, secret = zmq.auth.load_certificate(str(client_key))
+    if secret is None:
+        raise ValueError(f"{client_key} holds no secret key (use the .key_secret file)")
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
+    return True
 
 
 @dataclass
@@ -113,9 +140,16 @@ class InferClient:
     """Request/reply against a `router` endpoint. One request at a time; not thread-safe."""
 
     def __init__(
-        self, endpoint: str, timeout: float = 5.0, source: str = "client", context: zmq.Context | None = None
+        self,
+        endpoint: str,
+        timeout: float = 5.0,
+        source: str = "client",
+        context: zmq.Context | None = None,
+        server_key: Key | None = None,
+        client_key: Key | None = None,
     ) -> None:
         self.endpoint, self.timeout, self.source = endpoint, timeout, source
+        self.server_key, self.client_key = server_key, client_key
         self.ctx = context or zmq.Context.instance()
         self._ids = itertools.count(1)
         self._seq = itertools.count()
@@ -124,6 +158,7 @@ class InferClient:
     def _connect(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        self.curve = use_curve(sock, self.server_key, self.client_key)
         sock.connect(self.endpoint)
         return sock
 
@@ -158,7 +193,12 @@ class InferClient:
         # reset the socket so a late reply or a queued request cannot confuse the next call
         self._socket.close(linger=0)
         self._socket = self._connect()
-        raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.3g} s")
+        hint = (
+            " (CURVE: a wrong server key or a client key the daemon does not allow fails silently)"
+            if self.curve
+            else ""
+        )
+        raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.3g} s{hint}")
 
     def close(self) -> None:
         self._socket.close(linger=0)
@@ -181,6 +221,8 @@ class FramePublisher:
         bind: bool | None = None,
         sndhwm: int = 4,
         context: zmq.Context | None = None,
+        server_key: Key | None = None,
+        client_key: Key | None = None,
     ) -> None:
         if mode not in ("push", "pub"):
             raise ValueError("mode must be 'push' or 'pub'")
@@ -189,6 +231,7 @@ class FramePublisher:
         self.socket = self.ctx.socket(zmq.PUSH if mode == "push" else zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 1000)
+        use_curve(self.socket, server_key, client_key)
         if bind if bind is not None else mode == "pub":
             self.socket.bind(endpoint)
         else:
@@ -227,11 +270,13 @@ class ResultSubscriber:
     """Reads results from inferd's `results` PUB socket; topics are "<model>/<source>" prefixes."""
 
     def __init__(
-        self, endpoint: str, topics: list[str] | str = "", context: zmq.Context | None = None
-    ) -> None:
+        self, endpoint: str, topics: list[str] | str = "", context: zmq.Context | None = None,
+        server_key: Key | None = None, client_key: Key | None = None,
+    ) -> None:  # fmt: skip
         self.ctx = context or zmq.Context.instance()
         self.socket = self.ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        use_curve(self.socket, server_key, client_key)
         for t in [topics] if isinstance(topics, str) else topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, t.encode())
         self.socket.connect(endpoint)

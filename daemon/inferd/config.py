@@ -226,6 +226,13 @@ class EndpointConfig(Strict):
         64 * 1024 * 1024, gt=0, description="Largest frame in array elements (decoded images included)."
     )
     rcvhwm: int = Field(16, ge=0, description="ZeroMQ receive high-water mark, in messages.")
+    sndhwm: int = Field(1000, ge=0, description="router: send high-water mark for replies, in messages.")
+    curve: bool = Field(
+        False, description="Require CURVE encryption and a client key from security.curve.clients_dir (tcp)."
+    )
+    allow_ips: list[str] | None = Field(
+        None, description="tcp: only these client addresses or networks (CIDR) may connect."
+    )
 
     @model_validator(mode="after")
     def _address(self) -> EndpointConfig:
@@ -235,6 +242,14 @@ class EndpointConfig(Strict):
             raise ValueError("needs bind (pull, router) or connect (sub)")
         if self.type == "sub" and self.bind:
             raise ValueError("a sub endpoint connects to publishers: use connect, not bind")
+        if self.allow_ips is not None:
+            import ipaddress
+
+            for net in self.allow_ips:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ValueError(f"allow_ips: {net!r} is not an IP address or network") from None
         return self
 
 
@@ -243,6 +258,10 @@ class ResultsConfig(Strict):
         None, pattern=ZMQ_ADDRESS, description="PUB socket for results (topic model/source)."
     )
     sndhwm: int = Field(1000, ge=0, description="High-water mark of the results socket, in messages.")
+    curve: bool = Field(False, description="Require CURVE and a known client key to subscribe (tcp).")
+    allow_ips: list[str] | None = Field(
+        None, description="tcp: only these addresses or networks may subscribe."
+    )
 
 
 class MetricsConfig(Strict):
@@ -280,6 +299,44 @@ class SourceConfig(Strict):
     max_age_ms: float | None = Field(
         None, gt=0, description="Drop frames older than this (from their capture time) before inference."
     )
+    rate_limit_fps: float | None = Field(
+        None, gt=0, description="Refuse frames beyond this rate (reason rate_limited); bursts up to 1 s."
+    )
+
+
+class CurveConfig(Strict):
+    server_key: Path = Field(description="The daemon's secret certificate (inferd keys generate writes it).")
+    clients_dir: Path = Field(description="Folder of allowed clients' public certificates (*.key).")
+
+
+class IpcConfig(Strict):
+    mode: str = Field("0660", pattern=r"^0?[0-7]{3}$", description="Permissions of ipc:// socket files.")
+    group: str | None = Field(
+        "inferd", description="Group of ipc:// socket files (skipped when this group does not exist)."
+    )
+
+
+class HttpSecurityConfig(Strict):
+    tls_cert: Path | None = Field(None, description="PEM certificate: serve the metrics endpoint over HTTPS.")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
+    basic_auth_user: str | None = Field(None, description="Require HTTP basic auth with this user name...")
+    basic_auth_password_file: Path | None = Field(
+        None, description="...and the password in this file (mode 0600)."
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> HttpSecurityConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if (self.basic_auth_user is None) != (self.basic_auth_password_file is None):
+            raise ValueError("basic_auth_user and basic_auth_password_file go together")
+        return self
+
+
+class SecurityConfig(Strict):
+    curve: CurveConfig | None = Field(None, description="Keys for endpoints marked curve: true.")
+    ipc: IpcConfig = Field(default_factory=IpcConfig)
+    http: HttpSecurityConfig = Field(default_factory=HttpSecurityConfig)
 
 
 class ServiceConfig(Strict):
@@ -311,9 +368,15 @@ class Config(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="after")
     def _routes_name_models(self) -> Config:
+        for i, ep in enumerate(self.endpoints):
+            if ep.curve and self.security.curve is None:
+                raise ValueError(f"endpoints[{i}] has curve: true but security.curve gives no keys")
+        if self.results.curve and self.security.curve is None:
+            raise ValueError("results has curve: true but security.curve gives no keys")
         names = {m.name for m in self.models}
         for i, route in enumerate(self.routes):
             unknown = [m for m in route.models if m not in names]
@@ -333,16 +396,49 @@ class Config(Strict):
         return models
 
 
+def check_not_world_writable(path: Path, what: str) -> str | None:
+    """Like ssh with its keys: a file others may rewrite is not trusted. Returns the problem or None."""
+    try:
+        st = path.stat()
+        parent = path.resolve().parent.stat()
+    except OSError:
+        return None  # missing files get their own, clearer error
+    if st.st_mode & 0o002:
+        return f"{what} {path} is world-writable: refusing to use it (chmod o-w {path})"
+    if parent.st_mode & 0o002 and not parent.st_mode & 0o1000:
+        return f"{what} {path} is in a world-writable folder: refusing to use it (chmod o-w {path.parent})"
+    return None
+
+
 def load_config(path: str | os.PathLike[str]) -> tuple[Config, Path]:
     """Read and validate a config file. Returns the config and the folder relative paths start from."""
     path = Path(path)
+    problem = check_not_world_writable(path, "config file")
+    if problem:
+        raise ConfigError(problem)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found (use -c PATH to point at another)") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
-    return parse_config(text, path), path.resolve().parent
+    base = path.resolve().parent
+    return resolve_security_paths(parse_config(text, path), base), base
+
+
+def resolve_security_paths(config: Config, base: Path) -> Config:
+    """Key, certificate and password files relative to the config file's folder."""
+    sec = config.security
+
+    def fix(section, *keys):
+        updates = {k: base / getattr(section, k) for k in keys if getattr(section, k) is not None}
+        return section.model_copy(
+            update={k: v for k, v in updates.items() if not getattr(section, k).is_absolute()}
+        )
+
+    curve = fix(sec.curve, "server_key", "clients_dir") if sec.curve else None
+    http = fix(sec.http, "tls_cert", "tls_key", "basic_auth_password_file")
+    return config.model_copy(update={"security": sec.model_copy(update={"curve": curve, "http": http})})
 
 
 def parse_config(text: str, source: str | os.PathLike[str] = "<config>") -> Config:

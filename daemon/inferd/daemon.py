@@ -16,6 +16,7 @@ from inferd.metrics import Metrics
 from inferd.models import Model, file_sha256, load_model, resolve_path
 from inferd.pipeline import ModelQueue, SourcePolicies, Worker
 from inferd.routing import Dispatcher
+from inferd.security import Authenticator
 from inferd.service import Notifier
 from inferd.transport import Replies, Transport
 
@@ -51,6 +52,7 @@ class Daemon:
         self._stopped = False
         self._retiring: list[threading.Thread] = []
         self._reload_lock = threading.Lock()
+        self.auth: Authenticator | None = None
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
     # ---- models ------------------------------------------------------------------------------
@@ -107,8 +109,9 @@ class Daemon:
     def _start(self) -> None:
         if self.config.metrics.listen:
             self.http = HttpServer(
-                self.config.metrics.listen, self.metrics.registry, self.health, self.readiness
-            )
+                self.config.metrics.listen, self.metrics.registry, self.health, self.readiness,
+                self.config.security.http,
+            )  # fmt: skip
         self.models = self._load(self.config.models, self.base_dir, self.config.logging.runtime_level)
         for name in self.failed:
             self.metrics.model_loaded.labels(name).set(0)
@@ -116,8 +119,10 @@ class Daemon:
             log.warning("running degraded: optional model(s) not loaded: %s", ", ".join(sorted(self.failed)))
         for name, instances in self.models.items():
             self.queues[name], self.workers[name] = self._serve(name, instances)
-        dispatcher = Dispatcher(self.config, self.queues, self.replies)
-        self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics)
+        dispatcher = Dispatcher(self.config, self.queues, self.replies, self.policies)
+        if needs_auth(self.config):
+            self.start_auth()
+        self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics, self.auth)
         self.transport.bind()
         for workers in self.workers.values():
             for w in workers:
@@ -130,6 +135,12 @@ class Daemon:
             "ready: %d model(s), %d endpoint(s), results on %s",
             len(self.models), len(self.config.endpoints), self.config.results.bind or "(none)",
         )  # fmt: skip
+
+    def start_auth(self) -> None:
+        """The ZAP authenticator thread (CURVE keys and address allowlists)."""
+        if self.auth is None:
+            self.auth = Authenticator(self.ctx, on_denied=self.metrics.connections_refused_inc)
+            self.auth.start()
 
     # ---- reload ------------------------------------------------------------------------------
 
@@ -184,7 +195,10 @@ class Daemon:
         new_workers: dict[str, list[Worker]] = {}
         for name, instances in loaded.items():
             queues[name], new_workers[name] = self._serve(name, instances)
-        dispatcher = Dispatcher(config, queues, self.replies)
+        dispatcher = Dispatcher(config, queues, self.replies, self.policies)
+        if needs_auth(config):
+            self.start_auth()
+            self.transport.auth = self.auth
         try:
             added = self.transport.call(lambda: self.transport.reconfigure(config, dispatcher))
         except (OSError, TimeoutError):
@@ -332,6 +346,8 @@ class Daemon:
         if self.http is not None:
             self.http.shutdown()
             self.http = None
+        if self.auth is not None:
+            self.auth.stop()
         for t in self._retiring:
             t.join(max(0.0, deadline - time.monotonic()))
         busy = {w.model.name for w in self.all_workers() if w.is_alive()}
@@ -348,6 +364,11 @@ class Daemon:
     def busy(self) -> bool:
         """True when a worker is still inside an inference (after stop: exit without cleanup)."""
         return any(w.is_alive() for w in self.all_workers())
+
+
+def needs_auth(config: Config) -> bool:
+    socks = [*config.endpoints, config.results]
+    return any(s.curve or s.allow_ips is not None for s in socks)
 
 
 def _same_file(model: Model, base_dir: Path) -> bool:

@@ -146,9 +146,18 @@ class Metrics:
         self.config_reloads = Counter(
             "inferd_config_reloads", "Config reloads (SIGHUP), by result.", ["result"], registry=r
         )
+        self.connections_refused = Counter(
+            "inferd_connections_refused",
+            "Connections refused by CURVE or address checks.",
+            ["reason"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
         if sysfs is not None:
             r.register(DeviceCollector(sysfs))
+
+    def connections_refused_inc(self, reason: str) -> None:
+        self.connections_refused.labels(reason).inc()
 
     def forget_model(self, name: str) -> None:
         """A model removed by a reload: drop its per-model gauges."""

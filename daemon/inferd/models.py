@@ -15,7 +15,7 @@ import numpy as np
 
 from inferd.backends import create_backend, sniff_format
 from inferd.backends.base import Backend
-from inferd.config import Config, ModelConfig, PreprocessConfig
+from inferd.config import Config, ModelConfig, PreprocessConfig, check_not_world_writable
 from inferd.errors import ConfigError, FrameError, InferdError, InferenceError, ModelLoadError
 from inferd.postprocess import Decoded, make_postprocessor
 from inferd.preprocess import Preprocessor
@@ -177,6 +177,9 @@ def check_model_file(cfg: ModelConfig, path: Path) -> None:
         raise ModelLoadError(cfg.name, f"model path {path} is not a file")
     if not os.access(path, os.R_OK):
         raise ModelLoadError(cfg.name, f"model file {path} is not readable by this user")
+    problem = check_not_world_writable(path, "model file")
+    if problem:
+        raise ModelLoadError(cfg.name, problem)
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:

@@ -6,15 +6,24 @@ import fnmatch
 import time
 
 from inferd.config import Config
-from inferd.pipeline import Frame, ModelQueue
+from inferd.pipeline import Frame, ModelQueue, SourcePolicies
+from inferd.security import RateLimiter
 from inferd.transport import Replies
 
 
 class Dispatcher:
     """Decides which model queues a frame goes to, and answers what cannot be routed."""
 
-    def __init__(self, config: Config, queues: dict[str, ModelQueue], replies: Replies) -> None:
+    def __init__(
+        self,
+        config: Config,
+        queues: dict[str, ModelQueue],
+        replies: Replies,
+        policies: SourcePolicies | None = None,
+    ) -> None:
         self.config, self.queues, self.replies = config, queues, replies
+        self.policies = policies or SourcePolicies(config.sources)
+        self.limiter = RateLimiter()
         self.known = {m.name for m in config.models}
         self._routes: dict[str, list[str]] = {}
 
@@ -34,6 +43,13 @@ class Dispatcher:
 
     def submit(self, frame: Frame, router: bool = False) -> list[ModelQueue]:
         """Queue the frame for its models; returns the fifo queues that had no room (to retry)."""
+        rate = self.policies(frame.source).rate_limit_fps
+        if rate is not None and not self.limiter.allow(frame.source, rate):
+            self.replies.reject(
+                frame, frame.header.models[0] if frame.header.models else "", "rate_limited",
+                f"source {frame.source!r} is over its rate limit of {rate:g} frames/s",
+            )  # fmt: skip
+            return []
         names = frame.header.models or self.route(frame.source)
         requested = frame.header.models[0] if frame.header.models else ""
         if not names:

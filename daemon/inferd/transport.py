@@ -21,6 +21,7 @@ from inferd.config import Config, EndpointConfig, ResultsConfig
 from inferd.errors import FrameError
 from inferd.pipeline import Frame, Timings
 from inferd.protocol import VERSION, decode_header, decode_payload, encode_header, tensor_specs
+from inferd.security import load_secret, secure_ipc
 
 log = logging.getLogger("inferd.transport")
 
@@ -178,9 +179,11 @@ class Transport:
     things with `call` (used by reload to change endpoints).
     """
 
-    def __init__(self, ctx: zmq.Context, config: Config, dispatcher, replies: Replies, metrics) -> None:
+    def __init__(
+        self, ctx: zmq.Context, config: Config, dispatcher, replies: Replies, metrics, auth=None
+    ) -> None:
         self.ctx, self.config, self.dispatcher = ctx, config, dispatcher
-        self.replies, self.metrics = replies, metrics
+        self.replies, self.metrics, self.auth = replies, metrics, auth
         self.endpoints: dict[int, Endpoint] = {}
         self.pub: zmq.Socket | None = None
         self.outbox: zmq.Socket | None = None
@@ -203,22 +206,26 @@ class Transport:
 
     def _add(self, cfg: EndpointConfig) -> Endpoint:
         self._next_id = self._next_id % 65535 + 1
-        ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, self._socket(cfg))
+        ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, self._socket(cfg, self._next_id))
         return ep
 
     def _publisher(self, res: ResultsConfig) -> zmq.Socket:
         pub = self.ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, res.sndhwm)
         pub.setsockopt(zmq.LINGER, 1000)
+        if res.curve or res.allow_ips is not None:
+            self._secure(pub, res, "results")
         try:
             ensure_ipc_dir(res.bind)
             pub.bind(res.bind)
+            ipc = self.config.security.ipc
+            secure_ipc(res.bind, ipc.mode, ipc.group)
         except (zmq.ZMQError, OSError) as e:
             pub.close(linger=0)
             raise OSError(f"results {res.bind}: {e}") from None
         return pub
 
-    def _socket(self, ep: EndpointConfig) -> zmq.Socket:
+    def _socket(self, ep: EndpointConfig, eid: int = 0) -> zmq.Socket:
         kind = {"pull": zmq.PULL, "sub": zmq.SUB, "router": zmq.ROUTER}[ep.type]
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.MAXMSGSIZE, ep.max_message_bytes)
@@ -226,7 +233,9 @@ class Transport:
         sock.setsockopt(zmq.LINGER, 0)
         if ep.type == "router":
             sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished peer's reply is dropped, never blocks
-            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.SNDHWM, ep.sndhwm)
+        if ep.curve or ep.allow_ips is not None:
+            self._secure(sock, ep, f"ep{eid}")
         if ep.type == "sub":
             for topic in ep.topics:
                 sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
@@ -234,12 +243,29 @@ class Transport:
             if ep.bind:
                 ensure_ipc_dir(ep.bind)
                 sock.bind(ep.bind)
+                ipc = self.config.security.ipc
+                secure_ipc(ep.bind, ipc.mode, ipc.group)
             for addr in ep.connect or []:
                 sock.connect(addr)
         except (zmq.ZMQError, OSError) as e:
             sock.close(linger=0)
             raise OSError(f"endpoint {ep.type} {ep.bind or ep.connect}: {e}") from None
         return sock
+
+    def _secure(self, sock: zmq.Socket, ep: EndpointConfig | ResultsConfig, domain: str) -> None:
+        """CURVE server keys and/or an address allowlist, enforced by the ZAP authenticator."""
+        if self.auth is None:
+            raise OSError(f"{ep.bind}: curve/allow_ips need the authenticator")
+        sock.zap_domain = domain.encode()
+        if ep.allow_ips is not None:
+            self.auth.allow_networks(domain, ep.allow_ips)
+        if ep.curve:
+            curve = self.config.security.curve
+            public, secret = load_secret(curve.server_key)
+            sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+            if not curve.clients_dir.is_dir():
+                raise OSError(f"security.curve.clients_dir {curve.clients_dir} is not a folder")
+            self.auth.configure_curve(domain=domain, location=str(curve.clients_dir))
 
     # ---- changes while running (reload) ------------------------------------------------------
 
@@ -292,7 +318,7 @@ class Transport:
                 e.sock.close(linger=0)
                 del self.endpoints[e.id]
             for e in early:  # best effort: put the released addresses back
-                e.sock = self._socket(e.cfg)
+                e.sock = self._socket(e.cfg, e.id)
             raise
         for e in removed:
             if e not in early:
