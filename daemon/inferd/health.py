@@ -102,7 +102,10 @@ class HttpServer:
             except (OSError, ssl.SSLError) as e:
                 self.server.server_close()
                 raise OSError(f"security.http TLS certificate: {e}") from None
-            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            # handshake in the request thread, not in accept(): a silent client cannot block the server
+            self.server.socket = ctx.wrap_socket(
+                self.server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.port = self.server.server_port
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
         self.thread.start()

@@ -68,10 +68,10 @@ class Authenticator(ThreadAuthenticator):
 
     def _send_zap_reply(self, request_id, status_code, status_text, user_id="anonymous") -> None:
         if status_code != b"200":
-            self._denied("", status_text.decode(errors="replace"))
+            self._refused("", status_text.decode(errors="replace"))
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
 
-    def _denied(self, domain: str, reason: str) -> None:
+    def _refused(self, domain: str, reason: str) -> None:
         log.warning("refused a connection: %s", reason)
         if self.on_denied is not None:
             self.on_denied(reason)
