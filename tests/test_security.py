@@ -173,11 +173,13 @@ security:
         assert e.value.code == 401
         import base64
 
+        silent = socket.create_connection(("127.0.0.1", d.metrics_port))  # never says hello
         req = urllib.request.Request(
             url, headers={"Authorization": "Basic " + base64.b64encode(b"prom:s3cret").decode()}
         )
         with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
             assert r.status == 200 and b"inferd_build_info" in r.read()
+        silent.close()
         bad = urllib.request.Request(
             url, headers={"Authorization": "Basic " + base64.b64encode(b"prom:nope").decode()}
         )
