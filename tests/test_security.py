@@ -250,3 +250,24 @@ security:
     finally:
         assert d.stop() == 0
     assert json.loads("{}") == {}
+
+
+def test_a_client_key_added_to_clients_dir_works_after_reload(daemon, keys, tmp_path):
+    import shutil
+    import signal
+
+    newcomer_pub, newcomer_secret = generate_keys(tmp_path, "newcomer")
+    client = InferClient(daemon.router, timeout=1.5, server_key=keys["server"], client_key=newcomer_secret)
+    with pytest.raises(RequestTimeout):
+        client.infer(TENSOR, model="raw")
+    client.close()
+    shutil.copy(newcomer_pub, keys["root"] / "keys" / "clients" / "newcomer.key")
+    before = daemon.logs().count("reloaded:")
+    daemon.proc.send_signal(signal.SIGHUP)
+    end = time.monotonic() + 20
+    while daemon.logs().count("reloaded:") == before and time.monotonic() < end:
+        time.sleep(0.05)
+    with InferClient(
+        daemon.router, timeout=5, server_key=keys["server"], client_key=newcomer_secret
+    ) as client:
+        assert client.infer(TENSOR, model="raw").ok

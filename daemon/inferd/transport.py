@@ -330,6 +330,15 @@ class Transport:
                 self.pub.close(linger=1000)
             self.pub = new_pub
         self.config, self.dispatcher = config, dispatcher
+        if (
+            self.auth is not None and config.security.curve is not None
+        ):  # pick up added or removed client keys
+            clients = str(config.security.curve.clients_dir)
+            for e in self.endpoints.values():
+                if e.cfg.curve:
+                    self.auth.configure_curve(domain=f"ep{e.id}", location=clients)
+            if config.results.curve:
+                self.auth.configure_curve(domain="results", location=clients)
         return [f"{e.cfg.type} {e.cfg.bind or e.cfg.connect}" for e in added]
 
     # ---- the IO loop -------------------------------------------------------------------------
