@@ -78,9 +78,10 @@ def test_notifier_reaches_path_and_abstract_sockets(tmp_path, kind):
     try:
         n = Notifier(address)
         assert n.ready("serving") and n.reloading() and n.watchdog() and n.extend_timeout(2.5)
-        listener.wait_for("WATCHDOG", "1")
+        listener.wait_for("EXTEND_TIMEOUT_USEC")  # the last one sent
         msgs = [m for _, m in listener.messages]
         assert msgs[0] == {"READY": "1", "STATUS": "serving"}
+        assert msgs[2] == {"WATCHDOG": "1"}
         assert msgs[1]["RELOADING"] == "1" and int(msgs[1]["MONOTONIC_USEC"]) > 0
         assert abs(int(msgs[1]["MONOTONIC_USEC"]) - time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000) < 5e6
         assert msgs[3] == {"EXTEND_TIMEOUT_USEC": "2500000"}

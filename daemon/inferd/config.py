@@ -140,6 +140,13 @@ Postprocess = Annotated[RawPostprocess | ClassifyPostprocess | DetectPostprocess
 Runtime = Annotated[OnnxConfig | TfliteConfig, Field(discriminator="type")]
 
 
+class BatchingConfig(Strict):
+    max_batch: int = Field(1, ge=1, description="Frames run in one runtime call (1: no batching).")
+    max_delay_ms: float = Field(
+        2.0, ge=0, description="How long the first frame of a batch waits for more to arrive."
+    )
+
+
 class ModelConfig(Strict):
     """One model: where it is, which runtime runs it, how frames are prepared and results decoded."""
 
@@ -170,6 +177,10 @@ class ModelConfig(Strict):
     )
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     postprocess: Postprocess = Field(default_factory=RawPostprocess)
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig,
+        description="Dynamic batching across sources (models with a batch dimension).",
+    )
 
     @model_validator(mode="before")
     @classmethod

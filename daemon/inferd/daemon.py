@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from inferd.transport import Replies, Transport
 
 log = logging.getLogger("inferd")
 LOAD_TIMEOUT_S = 60.0  # EXTEND_TIMEOUT_USEC granted per model while it loads
+SWITCH_INTERVAL_S = 0.0002
 
 
 class Daemon:
@@ -107,6 +109,9 @@ class Daemon:
             raise
 
     def _start(self) -> None:
+        # Workers hand the GIL back after each inference; with the default 5 ms switch interval a
+        # busy IO thread would keep them waiting that long for it (measured: benchmarks/overhead).
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if self.config.metrics.listen:
             self.http = HttpServer(
                 self.config.metrics.listen, self.metrics.registry, self.health, self.readiness,
@@ -333,10 +338,11 @@ class Daemon:
             for frame, reason in q.remove_if(lambda f: "shutdown"):
                 self.replies.drop(frame, name, reason)
         for w in self.all_workers():  # still inside an inference after the drain time: answer now
-            frame = w.current
-            if w.is_alive() and frame is not None:
+            frames = w.current
+            if w.is_alive() and frames:
                 w.abandoned = True
-                self.replies.drop(frame, w.model.name, "shutdown")
+                for frame in frames:
+                    self.replies.drop(frame, w.model.name, "shutdown")
         self.replies.release()  # this thread's socket: the shutdown answers above are in the outbox
         if self.transport is not None:
             self.transport.close()

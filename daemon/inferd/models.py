@@ -66,12 +66,23 @@ class Model:
             )
         return [pre(a) for pre, a in zip(self.preprocessors, arrays, strict=True)]
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The input's batch size when the model fixes it above 1 (smaller batches are padded)."""
+        first = self.backend.inputs[0].shape[:1]
+        return first[0] if first and first[0] is not None and first[0] > 1 else None
+
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Run the backend; dequantize outputs when the config says so. Raises InferenceError."""
+        rows, pad = inputs[0].shape[0] if inputs[0].ndim else 1, self.fixed_batch
+        if pad is not None and rows < pad:
+            inputs = [np.concatenate([x, np.zeros((pad - rows, *x.shape[1:]), x.dtype)]) for x in inputs]
         try:
             outputs = self.backend.infer(inputs)
         except Exception as e:  # the runtimes raise their own types
             raise InferenceError(self.name, f"the runtime failed: {e}") from e
+        if pad is not None and rows < pad:
+            outputs = [o[:rows] for o in outputs]
         if self.cfg.dequantize_outputs or self.postprocess is not None:
             outputs = [
                 spec.quantization.dequantize(out)
@@ -80,6 +91,35 @@ class Model:
                 for spec, out in zip(self.backend.outputs, outputs, strict=True)
             ]
         return outputs
+
+    def infer_batch(self, batch: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        """Several frames' inputs in as few runtime calls as the batch dimension allows; the
+        outputs split back per frame. Raises InferenceError."""
+        rows = [inputs[0].shape[0] for inputs in batch]
+        cap = self.fixed_batch
+        chunks, cur, cur_rows = [], [], 0
+        for i, r in enumerate(rows):
+            if cur and cap is not None and cur_rows + r > cap:
+                chunks.append(cur)
+                cur, cur_rows = [], 0
+            cur.append(i)
+            cur_rows += r
+        chunks.append(cur)
+        per_frame: list[list[np.ndarray]] = [[] for _ in batch]
+        for chunk in chunks:
+            n_inputs = len(batch[chunk[0]])
+            stacked = [np.concatenate([batch[i][k] for i in chunk]) for k in range(n_inputs)]
+            outputs = self.infer(stacked)
+            total = sum(rows[i] for i in chunk)
+            bounds = np.cumsum([rows[i] for i in chunk])[:-1]
+            for out in outputs:
+                if out.ndim == 0 or out.shape[0] != total:
+                    raise InferenceError(
+                        self.name, f"output of shape {out.shape} has no batch dimension of {total}"
+                    )
+                for i, part in zip(chunk, np.split(out, bounds), strict=True):
+                    per_frame[i].append(part)
+        return per_frame
 
     def decode(self, outputs: list[np.ndarray], source: str) -> Decoded:
         if self.postprocess is None:
@@ -156,6 +196,7 @@ def load_model(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning")
             for i, spec in enumerate(backend.inputs)
         ]
         post = make_postprocessor(cfg.postprocess, backend.outputs, labels, cfg.name)
+        check_batching(cfg, backend)
     except InferdError as e:
         backend.close()
         raise ModelLoadError(cfg.name, str(e).removeprefix(f"model {cfg.name!r}: ")) from None
@@ -168,6 +209,19 @@ def load_model(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning")
     model.load_seconds = time.perf_counter() - t0
     log.info("loaded model %s (%s, %s) in %.3f s", cfg.name, backend.runtime, path, model.load_seconds)
     return model
+
+
+def check_batching(cfg: ModelConfig, backend: Backend) -> None:
+    """Batching needs a batch dimension: free, or fixed above 1, on every input and output."""
+    if cfg.batching.max_batch <= 1:
+        return
+    for spec in backend.inputs + backend.outputs:
+        first = spec.shape[0] if spec.shape else 1
+        if first == 1:
+            raise ConfigError(
+                f"model {cfg.name!r}: batching.max_batch {cfg.batching.max_batch} needs a batch dimension, "
+                f"but {spec.describe()} has a fixed batch of 1 (export a dynamic batch or drop batching)"
+            )
 
 
 def check_model_file(cfg: ModelConfig, path: Path) -> None:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from inferd.errors import FrameError, InferenceError
 from inferd.protocol import FrameHeader, decode_payload
 
 log = logging.getLogger("inferd.pipeline")
+_DECODE_LOCK = threading.Lock()  # JPEG/PNG frames shared by several models are decoded once
 
 
 @dataclass(eq=False, slots=True)
@@ -35,7 +36,6 @@ class Frame:
     reply_to: tuple[int, list[Any]] | None = None  # (router endpoint index, envelope); None: publish
     max_elements: int | None = None
     arrays: list[np.ndarray] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def source(self) -> str:
@@ -44,7 +44,7 @@ class Frame:
     def decoded(self) -> list[np.ndarray]:
         """The payloads as arrays; JPEG/PNG decoding happens once, in the first worker that asks."""
         if self.arrays is None:
-            with self._lock:
+            with _DECODE_LOCK:
                 if self.arrays is None:
                     self.arrays = [
                         decode_payload(spec, data, self.max_elements)
@@ -137,6 +137,30 @@ class ModelQueue:
                 self._ready.append(source)
             return frame
 
+    def take_batch(self, max_batch: int, max_delay: float, timeout: float) -> list[Frame]:
+        """Up to `max_batch` frames, fairly across sources: the first waits up to `timeout`, the
+        rest up to `max_delay` after it (frames already queued are taken at once)."""
+        first = self.take(timeout)
+        if first is None:
+            return []
+        batch = [first]
+        end = time.monotonic() + max_delay
+        with self._cond:
+            while len(batch) < max_batch:
+                if self._ready:
+                    source = self._ready.popleft()
+                    q = self._queues[source]
+                    batch.append(q.popleft())
+                    self.size -= 1
+                    if q:
+                        self._ready.append(source)
+                    continue
+                left = end - time.monotonic()
+                if left <= 0 or self._closed:
+                    break
+                self._cond.wait(left)
+        return batch
+
     def depths(self) -> dict[str, int]:
         with self._cond:
             return {s: len(q) for s, q in self._queues.items() if q}
@@ -197,7 +221,7 @@ class Timings:
 
 
 class Worker(threading.Thread):
-    """One model instance: takes frames from its model's queue and runs them end to end."""
+    """One model instance: takes frames (or batches of frames) from its model's queue and runs them."""
 
     def __init__(
         self, model, queue: ModelQueue, sink, metrics, policies: SourcePolicies, index: int = 0
@@ -205,9 +229,11 @@ class Worker(threading.Thread):
         super().__init__(name=f"worker-{model.name}-{index}", daemon=True)
         self.model, self.queue, self.sink, self.metrics, self.policies = model, queue, sink, metrics, policies
         self.busy_since: float | None = None  # monotonic start of the current inference (watchdog)
-        self.current: Frame | None = None  # the frame being processed
-        self.abandoned = False  # set at shutdown when the current frame was already answered
+        self.current: list[Frame] = []  # the frames being processed
+        self.abandoned = False  # set at shutdown when the current frames were already answered
         self.last_progress = time.monotonic()
+        batching = model.cfg.batching
+        self.max_batch, self.max_delay = batching.max_batch, batching.max_delay_ms / 1000
         m = model.name
         self._infer_hist = metrics.inference_seconds.labels(m)
         self._pre_hist = metrics.preprocess_seconds.labels(m)
@@ -224,57 +250,79 @@ class Worker(threading.Thread):
 
     def _loop(self) -> None:
         while True:
-            frame = self.queue.take(timeout=0.5)
+            if self.max_batch > 1:
+                frames = self.queue.take_batch(self.max_batch, self.max_delay, timeout=0.5)
+            else:
+                frame = self.queue.take(timeout=0.5)
+                frames = [frame] if frame is not None else []
             self.last_progress = time.monotonic()
-            if frame is None:
+            if not frames:
                 if self.queue.closed:
                     return
                 continue
-            self.current = frame
+            self.current = frames
             try:
-                self.process(frame)
-            except Exception:  # a bug must not kill the worker; the frame still gets an answer
+                self.process(frames)
+            except Exception:  # a bug must not kill the worker; the frames still get an answer
                 self.busy_since = None
-                log.exception("model %s: unexpected error on a frame from %s", self.model.name, frame.source)
-                self.sink.error(frame, self.model.name, "internal", "internal error, see the daemon log")
-            self.current = None
+                log.exception("model %s: unexpected error on %d frame(s)", self.model.name, len(frames))
+                for frame in frames:
+                    self.sink.error(frame, self.model.name, "internal", "internal error, see the daemon log")
+            self.current = []
             self.last_progress = time.monotonic()
 
-    def process(self, frame: Frame) -> None:
+    def _prepare(self, frame: Frame, now: float) -> tuple[list[np.ndarray], Timings] | None:
+        """Checks and preprocessing of one frame; None when it was answered (dropped or rejected)."""
         model = self.model
-        start = time.monotonic()
-        t = Timings(queue=start - frame.received)
+        t = Timings(queue=now - frame.received)
         self._wait_hist.observe(t.queue)
         max_age = self.policies(frame.source).max_age_ms
         if max_age is not None and frame.age(time.time()) * 1000 > max_age:
             self.sink.drop(frame, model.name, "stale")
-            return
+            return None
         if frame.header.deadline is not None and time.time() > frame.header.deadline:
             self.sink.drop(frame, model.name, "deadline")
-            return
+            return None
         try:
             inputs = model.prepare(frame.decoded())
         except FrameError as e:
             self.sink.reject(frame, model.name, e.reason, str(e))
-            return
-        t1 = time.monotonic()
-        t.preprocess = t1 - start
+            return None
+        t.preprocess = time.monotonic() - now
         self._pre_hist.observe(t.preprocess)
-        self.busy_since = t1
+        return inputs, t
+
+    def process(self, frames: list[Frame]) -> None:
+        """Run frames through the model: one runtime call for all of them when batching."""
+        model = self.model
+        ready: list[tuple[Frame, list[np.ndarray], Timings]] = []
+        for frame in frames:
+            prepared = self._prepare(frame, time.monotonic())
+            if prepared is not None:
+                ready.append((frame, *prepared))
+        if not ready:
+            return
+        t1 = self.busy_since = time.monotonic()
         try:
-            outputs = model.infer(inputs)
+            if len(ready) == 1:
+                per_frame = [model.infer(ready[0][1])]
+            else:
+                per_frame = model.infer_batch([inputs for _, inputs, _ in ready])
             t2 = time.monotonic()
-            decoded = model.decode(outputs, frame.source)
+            decoded = [model.decode(outs, f.source) for (f, _, _), outs in zip(ready, per_frame, strict=True)]
         except InferenceError as e:
             self.busy_since = None
-            self._err.inc()
-            self.sink.error(frame, model.name, "inference", str(e))
+            for frame, _, _ in ready:
+                self._err.inc()
+                self.sink.error(frame, model.name, "inference", str(e))
             return
         self.busy_since = None
-        t.inference = t2 - t1
-        self._infer_hist.observe(t.inference)
-        self._batch_hist.observe(1)
-        self._ok.inc()
-        t.total = time.monotonic() - frame.received
-        if not self.abandoned:
-            self.sink.result(frame, model, outputs, decoded, t)
+        self._infer_hist.observe(t2 - t1)
+        self._batch_hist.observe(len(ready))
+        self._ok.inc(len(ready))
+        if self.abandoned:
+            return
+        for (frame, _, t), outputs, dec in zip(ready, per_frame, decoded, strict=True):
+            t.inference = t2 - t1
+            t.total = time.monotonic() - frame.received
+            self.sink.result(frame, model, outputs, dec, t)

@@ -48,6 +48,10 @@ class Preprocessor:
 
     def __init__(self, cfg: PreprocessConfig, spec: TensorSpec, model: str = "") -> None:
         self.cfg, self.spec, self.model = cfg, spec, model
+        # a fixed batch above 1 takes up to that many rows (the model pads the rest)
+        first = spec.shape[0] if spec.shape else None
+        self.max_rows = first if isinstance(first, int) and first > 1 else None
+        self.rows_spec = TensorSpec(spec.name, (None, *spec.shape[1:]), spec.dtype) if self.max_rows else spec
         self.layout = image_layout(spec, cfg.layout)
         self.batched = len(spec.shape) == 4
         if self.layout is None:
@@ -100,8 +104,10 @@ class Preprocessor:
         return a.astype(np.float32), b.astype(np.float32)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        spec = self.spec
-        if fits(spec, frame.shape, frame.dtype):
+        spec = self.rows_spec
+        if fits(spec, frame.shape, frame.dtype) and (
+            self.max_rows is None or frame.shape[0] <= self.max_rows
+        ):
             return frame
         if len(spec.shape) >= 2 and spec.shape[0] in (1, None) and fits(spec, (1, *frame.shape), frame.dtype):
             return frame[None]

@@ -26,7 +26,7 @@ from inferd.security import load_secret, secure_ipc
 log = logging.getLogger("inferd.transport")
 
 OUTBOX = "inproc://inferd-outbox"
-PUBLISH, REPLY = b"P", b"R"
+REPLY = b"R"  # outbox messages: REPLY + endpoint id, then the envelope and the reply
 MAX_SOURCES = 1024  # bounds metric label cardinality against senders inventing source names
 SWEEP_S = 0.02  # how often queued frames are checked for passed deadlines
 
@@ -69,6 +69,9 @@ class Replies:
         self._local = threading.local()
         self._sockets: list[zmq.Socket] = []
         self._lock = threading.Lock()
+        self._latency: dict = {}  # (model, source) -> its frame_latency histogram
+        self.pub: zmq.Socket | None = None  # the results socket, set by the transport
+        self.pub_lock = threading.Lock()
         self.warn = RateLimitedLog()
 
     def _socket(self) -> zmq.Socket:
@@ -89,7 +92,15 @@ class Replies:
             ep, envelope = reply_to
             parts = [REPLY + ep.to_bytes(2, "big"), *envelope, head, *tensors]
         else:
-            parts = [PUBLISH, f"{model or '_'}/{source or '_'}".encode(), head, *tensors]
+            topic = f"{model or '_'}/{source or '_'}".encode()
+            # Results go straight out on the PUB socket, shared under a lock (a mutex is the
+            # "full fence" libzmq asks for when a socket is used from several threads); the
+            # IO thread never touches it.
+            with self.pub_lock:
+                if self.pub is not None:
+                    with contextlib.suppress(zmq.Again):  # PUB drops at its high-water mark by design
+                        self.pub.send_multipart([topic, head, *tensors], copy=False, flags=zmq.NOBLOCK)
+            return
         self._socket().send_multipart(parts, copy=False)
 
     def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
@@ -114,7 +125,12 @@ class Replies:
             header["result"] = decoded
         self._send(frame, frame.reply_to, model.name, h.source, header, tensors)
         latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
-        self.metrics.frame_latency_seconds.labels(model.name, h.source).observe(max(latency, 0.0))
+        hist = self._latency.get((model.name, h.source))
+        if hist is None:
+            hist = self._latency[(model.name, h.source)] = self.metrics.frame_latency_seconds.labels(
+                model.name, h.source
+            )
+        hist.observe(max(latency, 0.0))
 
     def _error(self, reply_to, model: str, source: str, seq, rid, reason: str, message: str) -> None:
         header: dict[str, Any] = {
@@ -185,12 +201,12 @@ class Transport:
         self.ctx, self.config, self.dispatcher = ctx, config, dispatcher
         self.replies, self.metrics, self.auth = replies, metrics, auth
         self.endpoints: dict[int, Endpoint] = {}
-        self.pub: zmq.Socket | None = None
         self.outbox: zmq.Socket | None = None
         self.accepting = threading.Event()
         self.stopped = threading.Event()
         self._pending: dict[int, tuple[Frame, list]] = {}  # fifo backpressure: endpoint id -> frame
         self._sources: set[str] = set()
+        self._received: dict = {}  # source -> its frames_received counter (labels() is not free)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._next_id = 0
         self.last_loop = time.monotonic()
@@ -201,8 +217,19 @@ class Transport:
         for ep in self.config.endpoints:
             self._add(ep)
         if self.config.results.bind:
-            self.pub = self._publisher(self.config.results)
+            self.set_pub(self._publisher(self.config.results))
         self.accepting.set()
+
+    @property
+    def pub(self) -> zmq.Socket | None:
+        return self.replies.pub
+
+    def set_pub(self, sock: zmq.Socket | None, linger: int = 1000) -> None:
+        """Swap the results socket under the lock the workers publish with; close the old one."""
+        with self.replies.pub_lock:
+            old, self.replies.pub = self.replies.pub, sock
+            if old is not None:
+                old.close(linger=linger)
 
     def _add(self, cfg: EndpointConfig) -> Endpoint:
         self._next_id = self._next_id % 65535 + 1
@@ -310,8 +337,7 @@ class Transport:
                 added.append(self._add(c))
             if config.results != self.config.results and config.results.bind:
                 if self.pub is not None and config.results.bind == self.config.results.bind:
-                    self.pub.close(linger=0)
-                    self.pub = None
+                    self.set_pub(None, linger=0)
                 new_pub = self._publisher(config.results)
         except OSError:
             for e in added:
@@ -326,9 +352,7 @@ class Transport:
             self._pending.pop(e.id, None)
             del self.endpoints[e.id]
         if config.results != self.config.results:
-            if self.pub is not None:
-                self.pub.close(linger=1000)
-            self.pub = new_pub
+            self.set_pub(new_pub)
         self.config, self.dispatcher = config, dispatcher
         if (
             self.auth is not None and config.security.curve is not None
@@ -420,7 +444,10 @@ class Transport:
                 return
             self._sources.add(source)
         frame = Frame(header, [], time.monotonic(), time.time(), reply_to, cfg.max_elements)
-        self.metrics.frames_received.labels(source).inc()
+        counter = self._received.get(source)
+        if counter is None:
+            counter = self._received[source] = self.metrics.frames_received.labels(source)
+        counter.inc()
         payloads = parts[1:]
         try:
             if len(payloads) != len(header.parts):
@@ -472,9 +499,6 @@ class Transport:
                 ep.sock.send_multipart(parts[1:], copy=False, flags=zmq.NOBLOCK)
             except zmq.ZMQError as e:
                 log.debug("reply to a router peer not sent: %s", e)
-        elif self.pub is not None:
-            with contextlib.suppress(zmq.Again):  # PUB drops at its high-water mark by design
-                self.pub.send_multipart(parts[1:], copy=False, flags=zmq.NOBLOCK)
 
     def _flush_outbox(self) -> None:
         while self.outbox.poll(0):
@@ -491,7 +515,6 @@ class Transport:
         for ep in self.endpoints.values():
             ep.sock.close(linger=0)
         self.endpoints.clear()
-        if self.pub is not None:
-            self.pub.close(linger=1000)
+        self.set_pub(None)
         if self.outbox is not None:
             self.outbox.close(linger=0)
