@@ -385,3 +385,19 @@ def test_the_documented_contract_config_works(tmp_path, monkeypatch, onnx_sessio
         np.testing.assert_array_equal(r.outputs[0], result.outputs[0])
     finally:
         assert d.stop() == 0
+
+
+def test_bench_command_loads_the_daemon_and_reports(daemon):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "inferd", "bench", "--endpoint", daemon.router, "--model", "raw", "--sources", "2",
+         "--rate", "20", "--duration", "1.5", "--frame", "64x64x3", "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["sources"] == 2 and r["frame"] == [64, 64, 3]
+    assert 50 <= r["sent"] <= 70 and r["ok"] == r["sent"] and r["errors"] == {}
+    assert 0 < r["p50_ms"] <= r["p99_ms"]

@@ -99,6 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes (default 2)")
     st.set_defaults(func=cmd_status)
 
+    b = sub.add_parser(
+        "bench", help="load a running daemon: N sources at a fixed rate; throughput, latency, drops"
+    )
+    b.add_argument("--endpoint", required=True, help="a router endpoint, e.g. tcp://127.0.0.1:5555")
+    b.add_argument("--model", default=None, help="target model (default: the daemon's routes)")
+    b.add_argument("--sources", type=int, default=1, help="concurrent sources (default 1)")
+    b.add_argument(
+        "--rate", type=float, default=30.0, help="frames per second per source; 0 = as fast as possible"
+    )
+    b.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
+    b.add_argument("--frame", default="640x480x3", help="WxHxC of the uint8 frames (default 640x480x3)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.set_defaults(func=cmd_bench)
+
     m = sub.add_parser("models", help="describe a model file and measure its latency")
     m.add_argument("path", type=Path, help="a .onnx or .tflite file")
     m.add_argument("--runtime", choices=["onnx", "tflite"], help="default: from the extension")
@@ -210,6 +224,31 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     public, secret = generate_keys(args.dir, args.name)
     print(f"public key: {public}  (give it to the other side)")
     print(f"secret key: {secret}  (keep it here, mode 0600)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from inferd.bench import run_bench
+
+    try:
+        w, h, *c = (int(v) for v in args.frame.lower().split("x"))
+    except ValueError:
+        print(f"inferd bench: --frame {args.frame!r} is not WxHxC", file=sys.stderr)
+        return 2
+    shape = (h, w, *c)
+    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
+    r = run_bench(args.endpoint, args.model, args.sources, args.rate, args.duration, shape, out=say)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(
+        f"{r['sources']} source(s) x {r['rate_per_source']:g} fps, {args.frame}, {r['duration_s']:g} s: "
+        f"sent {r['sent']}, ok {r['ok']} ({r['throughput_fps']} fps)"
+    )
+    if "p50_ms" in r:
+        print(f"latency p50 {r['p50_ms']} ms, p90 {r['p90_ms']} ms, p99 {r['p99_ms']} ms")
+    if r["errors"]:
+        print("not served: " + ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())))
     return 0
 
 
