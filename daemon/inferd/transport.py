@@ -8,6 +8,7 @@ them to the PUB socket or to the ROUTER peer that asked. Tensors travel with cop
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -70,6 +71,8 @@ class Replies:
         self._sockets: list[zmq.Socket] = []
         self._lock = threading.Lock()
         self._latency: dict = {}  # (model, source) -> its frame_latency histogram
+        self._starts: dict = {}  # (model, source) -> the fixed start of their result headers
+        self._specs: dict = {}  # (model, output shapes and dtypes) -> the "outputs" JSON
         self.pub: zmq.Socket | None = None  # the results socket, set by the transport
         self.pub_lock = threading.Lock()
         self.warn = RateLimitedLog()
@@ -86,8 +89,38 @@ class Replies:
                 self._sockets.append(sock)
         return sock
 
+    def _result_header(self, h, model, outputs, decoded, t: Timings) -> bytes:
+        """The result header as JSON, from cached pieces: this runs once per frame."""
+        key = (model.name, h.source)
+        start = self._starts.get(key)
+        if start is None:
+            start = self._starts[key] = (
+                f'{{"v":{VERSION},"status":"ok","model":{json.dumps(model.name)},"source":{json.dumps(h.source)}'
+            )
+        parts = [start, f',"seq":{h.seq}']
+        if h.id is not None:
+            parts.append(f',"id":{json.dumps(h.id)}')
+        if h.ts is not None:
+            parts.append(f',"ts":{h.ts!r}')
+        parts.append(
+            f',"timings":{{"queue_ms":{t.queue * 1000:.3f},"preprocess_ms":{t.preprocess * 1000:.3f},'
+            f'"inference_ms":{t.inference * 1000:.3f},"total_ms":{t.total * 1000:.3f}}}'
+        )
+        if decoded is None:
+            shapes = (model.name, *((o.shape, o.dtype.num) for o in outputs))
+            specs = self._specs.get(shapes)
+            if specs is None:
+                names = [o.name for o in model.backend.outputs]
+                specs = self._specs[shapes] = json.dumps(tensor_specs(outputs, names), separators=(",", ":"))
+            parts.append(f',"outputs":{specs}}}')
+        else:
+            parts.append(f',"result":{encode_header(decoded).decode()}}}')
+        return "".join(parts).encode()
+
     def _send(self, frame: Frame | None, reply_to, model: str, source: str, header: dict, tensors=()) -> None:
-        head = encode_header(header)
+        self._send_encoded(reply_to, model, source, encode_header(header), tensors)
+
+    def _send_encoded(self, reply_to, model: str, source: str, head: bytes, tensors=()) -> None:
         if reply_to is not None:
             ep, envelope = reply_to
             parts = [REPLY + ep.to_bytes(2, "big"), *envelope, head, *tensors]
@@ -105,25 +138,9 @@ class Replies:
 
     def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
         h = frame.header
-        header: dict[str, Any] = {
-            "v": VERSION,
-            "status": "ok",
-            "model": model.name,
-            "source": h.source,
-            "seq": h.seq,
-            "timings": t.to_json(),
-        }
-        if h.id is not None:
-            header["id"] = h.id
-        if h.ts is not None:
-            header["ts"] = h.ts
-        tensors = ()
-        if decoded is None:
-            header["outputs"] = tensor_specs(outputs, [o.name for o in model.backend.outputs])
-            tensors = [memoryview(o) if o.flags.c_contiguous else o.tobytes() for o in outputs]
-        else:
-            header["result"] = decoded
-        self._send(frame, frame.reply_to, model.name, h.source, header, tensors)
+        head = self._result_header(h, model, outputs, decoded, t)
+        tensors = () if decoded is not None else [o if o.flags.c_contiguous else o.tobytes() for o in outputs]
+        self._send_encoded(frame.reply_to, model.name, h.source, head, tensors)
         latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
         hist = self._latency.get((model.name, h.source))
         if hist is None:

@@ -107,7 +107,13 @@ class OnnxBackend:
         ]
         self._input_names = [i.name for i in self.inputs]
         self._output_names = [o.name for o in self.outputs]
-        self._run = self.session.run
+        # The session's C++ run, without the Python wrapper's per-call input-name validation
+        # (inferd has checked names and shapes already); the public run where it is missing.
+        sess = getattr(self.session, "_sess", None)
+        if sess is not None and hasattr(sess, "run"):
+            self._run = lambda names, feed: sess.run(names, feed, None)
+        else:
+            self._run = self.session.run
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return self._run(self._output_names, dict(zip(self._input_names, inputs, strict=True)))
