@@ -377,7 +377,7 @@ def test_unit_verifies_clean_and_is_hardened(tmp_path):
     for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=", "Restart=on-failure", "ExecReload=",
                  "TimeoutStopSec=", "User=inferd", "RuntimeDirectory=inferd", "RuntimeDirectoryMode=0750",
                  "StateDirectory=inferd", "ConfigurationDirectory=inferd", "ProtectSystem=strict",
-                 "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+                 "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
                  "SystemCallFilter=@system-service", "MemoryDenyWriteExecute=yes"):  # fmt: skip
         assert line in text, line
 

@@ -25,6 +25,8 @@ from tests.fuzz.strategies import config_docs, messages
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
 COUNTS = {"decoder": int(500 * SCALE), "config": int(100 * SCALE), "daemon": int(25 * SCALE)}
 BATCH = 20  # messages per ingest mode per daemon example
+# the long campaign runs for minutes: no per-test limit then (every daemon check has its own timeout)
+pytestmark = pytest.mark.timeout(0 if SCALE > 1 else 120)
 TENSOR = np.random.default_rng(99).standard_normal((1, 3, 64, 64)).astype(np.float32)
 
 
