@@ -18,7 +18,7 @@ quiet() { grep -v 'is ignored: it is neither' >&2 || true; }
 case $ARCH in
 aarch64)
     say "pip download inferd[onnx,tflite] for manylinux_2_36..2014 $WHEEL_ARCH, cp311"
-    target_download "$WHEEL_ARCH" "$OUT.tmp" "$WHEEL[onnx,tflite]" pip 2>&1 | quiet
+    target_download "$WHEEL_ARCH" "$OUT.tmp" "${WHEEL}[onnx,tflite]" pip 2>&1 | quiet
     ;;
 armv7)
     say "pip download tflite-runtime 2.14 + pydantic, prometheus-client for $WHEEL_ARCH, cp311"

@@ -20,7 +20,7 @@ cp "$REPO/cross/config/inferd-$ARCH.yaml" "$D/inferd.yaml"
 cp "$REPO/README.md" "$REPO/docs/deploy.md" "$D/doc/"
 case $ARCH in
 aarch64)
-    cp "$REPO"/examples/models/{classifier_int8.onnx,classifier_uint8_nhwc.onnx,classifier_int8.tflite,labels.txt} "$D/models/"
+    cp "$REPO"/examples/models/{classifier_int8.onnx,classifier_float.onnx,classifier_uint8_nhwc.onnx,classifier_int8.tflite,labels.txt} "$D/models/"
     REQUIREMENT="inferd[onnx,tflite]==$VERSION" SYSTEM_SITE="" DEBS=""
     IMPORTS="inferd.cli, numpy, zmq, yaml, PIL, pydantic, prometheus_client, onnxruntime, ai_edge_litert.interpreter"
     ;;

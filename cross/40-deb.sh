@@ -40,7 +40,7 @@ install -D -m 0644 "$REPO/systemd/inferd.sysusers" "$STAGE/usr/lib/sysusers.d/in
 install -D -m 0644 "$REPO/systemd/inferd.tmpfiles" "$STAGE/usr/lib/tmpfiles.d/inferd.conf"
 install -D -m 0644 "$REPO/cross/config/inferd-aarch64.yaml" "$STAGE/etc/inferd/inferd.yaml"
 install -d "$STAGE/usr/share/inferd/models" "$STAGE/opt/inferd/share/doc/inferd" "$STAGE/usr/bin"
-cp "$REPO"/examples/models/{classifier_int8.onnx,classifier_uint8_nhwc.onnx,classifier_int8.tflite,labels.txt} \
+cp "$REPO"/examples/models/{classifier_int8.onnx,classifier_float.onnx,classifier_uint8_nhwc.onnx,classifier_int8.tflite,labels.txt} \
     "$STAGE/usr/share/inferd/models/"
 cp "$REPO/README.md" "$REPO/docs/deploy.md" "$REPO/systemd/inferd.service.d-example.conf" \
     "$STAGE/opt/inferd/share/doc/inferd/"

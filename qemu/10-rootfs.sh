@@ -25,8 +25,8 @@ rm -rf "$TMP"
 mkdir -p "$(dirname "$OUT")"
 say "debootstrap $SUITE $DEB_ARCH from $MIRROR (arm64 ~2.5 min, armhf minbase ~3 min; log: $OUT.log)"
 build() {
-    debootstrap --arch="$DEB_ARCH" "${ARGS[@]}" "$SUITE" "$TMP" "$MIRROR" >"$OUT.log" 2>&1 </dev/null ||
-        { tail -20 "$OUT.log" >&2; die "debootstrap failed (full log: $OUT.log)"; }
+    with_progress "$OUT.log" debootstrap --arch="$DEB_ARCH" "${ARGS[@]}" "$SUITE" "$TMP" "$MIRROR" ||
+        die "debootstrap failed (full log: $OUT.log)"
 }
 timed "rootfs-$DEB_ARCH (debootstrap)" build
 # Downloaded .debs are not needed in a tree that becomes an image.

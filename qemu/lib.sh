@@ -1,5 +1,14 @@
+# shellcheck shell=bash disable=SC2034
 # Shared helpers for the qemu/ and cross/ scripts (sourced, not run).
 # Every script: `set -euo pipefail`, source this, then call its numbered steps.
+
+# `SCRIPT help` (or -h, --help): print the comment block at the top of the script and exit.
+case "${1:-}" in
+help | -h | --help)
+    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+    exit 0
+    ;;
+esac
 
 QEMU_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$QEMU_DIR/.." && pwd)
@@ -179,4 +188,23 @@ kill_recorded_qemus() {  # kill_recorded_qemus RUNDIR
         rm -f "$f"
     done
     echo "clean-procs: stopped $n qemu process(es)"
+}
+
+# Run a long command with its output in LOG, printing LOG's last line every 15 s (the progress of a
+# minutes-long debootstrap or emulated apt run), and the log's tail if it fails.
+with_progress() {  # with_progress LOG COMMAND...
+    local log=$1 pid rc=0 n=0
+    shift
+    "$@" >"$log" 2>&1 </dev/null &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        n=$((n + 1))
+        if [ $((n % 15)) = 0 ]; then
+            say "... ${n}s: $(tail -n 1 "$log" 2>/dev/null | tr -d '\r' | cut -c1-100)"
+        fi
+    done
+    wait "$pid" || rc=$?
+    [ "$rc" = 0 ] || { tail -n 20 "$log" >&2; say "failed (exit $rc); full log: $log"; }
+    return "$rc"
 }

@@ -17,6 +17,8 @@ while [ "${1:-}" = --bind ]; do
     shift 2
 done
 [ "${1:-}" = -- ] && shift
+# A TERM/INT (e.g. a test stopping `inferd run` here) still runs the EXIT trap that unmounts.
+trap 'exit 143' TERM INT
 rc=0
 in_chroot "$ROOTFS" "$@" || rc=$?
 exit $rc

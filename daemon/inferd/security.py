@@ -97,6 +97,8 @@ def secure_ipc(address: str, mode: str, group: str | None) -> None:
         except KeyError:
             log.debug("group %s does not exist: %s keeps its group", group, path)
             return
+        if os.stat(path).st_gid == gid:
+            return  # already (under systemd: Group=inferd)
         try:
             os.chown(path, -1, gid)
         except PermissionError:

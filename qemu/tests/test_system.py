@@ -1,0 +1,148 @@
+"""inferd.service on arm64 Debian bookworm under qemu-system (TCG), driven from the host.
+
+The package is installed offline in the guest, the unit runs under the guest's real systemd with
+all its hardening (MemoryDenyWriteExecute=yes included), and frames go in over the forwarded
+ZeroMQ router port. The tests run in file order; the kill -9 one comes last.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+from conftest import MODELS, TEST_CONFIG, save_artifact
+
+pytestmark = [pytest.mark.qemu, pytest.mark.timeout(1200)]
+
+SOURCE = "qemu-e2e"
+
+
+def frames(n: int = 8, seed: int = 2024) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+
+
+def output_scale(path) -> float | None:
+    """The scale of the DequantizeLinear feeding the graph output (a QDQ model's last step)."""
+    model = onnx.load(str(path))
+    out = model.graph.output[0].name
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if out in node.output and node.op_type == "DequantizeLinear":
+            return float(np.ravel(inits[node.input[1]])[0])
+    return None
+
+
+def test_package_installs_offline_and_the_service_starts_on_the_default_config(installed):
+    state = installed["default_state"]
+    assert state["Type"] == "notify"
+    assert state["User"] == "inferd"
+    assert state["UnitFileState"] == "enabled"
+    # Type=notify: "active (running)" is only reached through READY=1 from the daemon.
+    assert (state["ActiveState"], state["SubState"]) == ("active", "running"), (
+        f"the packaged unit on the default config: {state}; journal:\n{installed['journal']}"
+    )
+
+
+def test_service_is_active_through_ready_and_hardened(guest, service):
+    state = service.show(
+        "ActiveState", "SubState", "Type", "NotifyAccess", "StatusText", "MemoryDenyWriteExecute", "User",
+        "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic",
+    )  # fmt: skip
+    assert state["ActiveState"] == "active" and state["SubState"] == "running"
+    assert state["Type"] == "notify" and state["NotifyAccess"] == "main"
+    assert state["MemoryDenyWriteExecute"] == "yes"
+    assert state["User"] == "inferd"
+    assert state["StatusText"], "inferd sends STATUS= while it starts and serves"
+    started = int(state["ExecMainStartTimestampMonotonic"])
+    active = int(state["ActiveEnterTimestampMonotonic"])
+    save_artifact("startup.json", {"ready_after_s": (active - started) / 1e6, "status": state["StatusText"]})
+    pid = service.main_pid()
+    seccomp = guest.ssh(f"grep -E '^(Seccomp|NoNewPrivs):' /proc/{pid}/status").stdout
+    assert "Seccomp:\t2" in seccomp and "NoNewPrivs:\t1" in seccomp, seccomp
+
+
+def test_results_equal_the_x86_results(infer, reference):
+    """Same model, same frames: the arm64 guest's results against this host's, model by model."""
+    report: dict[str, dict] = {}
+    xs = frames()
+    for name in ("onnx_float", "onnx_qdq", "onnx_uint8", "tflite"):
+        diffs, exact, t0 = [], 0, time.monotonic()
+        for i, x in enumerate(xs):
+            result = infer(x, model=name)
+            assert result.ok, (name, i, result.header)
+            (theirs,) = result.outputs
+            (ours,) = reference(name, x)
+            assert theirs.dtype == ours.dtype and theirs.shape == ours.shape, (name, theirs, ours)
+            d = np.abs(theirs.astype(np.float64) - ours.astype(np.float64))
+            diffs.append(float(d.max()))
+            exact += bool(np.array_equal(theirs, ours))
+        report[name] = {
+            "frames": len(xs),
+            "bit_exact": exact,
+            "max_abs_diff": max(diffs),
+            "seconds_per_frame": (time.monotonic() - t0) / len(xs),
+        }
+    scale = output_scale(MODELS / "classifier_int8.onnx")
+    report["onnx_qdq"]["output_scale"] = scale
+    save_artifact("equality.json", report)
+    print("x86 vs arm64 guest:", report)
+    # Measured (cortex-a72 TCG guest vs x86_64 host): onnx_qdq, onnx_uint8 and the int8 TFLite model
+    # bit-exact on every frame; the float ONNX model within 3.4e-6 (different SIMD summation order).
+    assert report["onnx_float"]["max_abs_diff"] <= 1e-4
+    assert report["onnx_qdq"]["max_abs_diff"] <= (scale or 1e-4) * 1.001  # at most one quantization step
+    assert report["onnx_uint8"]["max_abs_diff"] <= 1e-4
+    assert report["tflite"]["max_abs_diff"] <= 1  # int8 output: at most one quantization step
+
+
+def test_metrics_scrape_counts_our_frames(infer, scrape):
+    before = scrape()["inferd_frames_received"]
+    count = {s.labels.get("source"): s.value for s in before.samples if s.name.endswith("_total")}.get(
+        "scrape", 0
+    )
+    for x in frames(3, seed=5):
+        assert infer(x, model="tflite", source="scrape").ok
+    after = scrape()
+    samples = {
+        s.labels.get("source"): s.value
+        for s in after["inferd_frames_received"].samples
+        if s.name.endswith("_total")
+    }
+    assert samples.get("scrape") == count + 3, samples
+    assert samples.get(SOURCE, 0) >= 8 * 4  # test_results_equal_the_x86_results' frames, when it ran first
+
+
+def test_memory_deny_write_execute_lets_onnxruntime_and_litert_run(guest, service, infer):
+    """The unit has MemoryDenyWriteExecute=yes: both runtimes must load and infer under it."""
+    assert service.show("MemoryDenyWriteExecute")["MemoryDenyWriteExecute"] == "yes"
+    pid = service.main_pid()
+    maps = guest.ssh(f"cat /proc/{pid}/maps").stdout
+    assert "onnxruntime" in maps and ("litert" in maps or "tensorflow" in maps.lower()), "runtimes not loaded"
+    assert not [line for line in maps.splitlines() if line.split()[1].startswith("rwx")], "a W+X mapping"
+    for model in ("onnx_qdq", "tflite"):
+        assert infer(frames(1, seed=9)[0], model=model).ok
+
+
+def test_a_tcp_endpoint_on_a_given_address_starts_under_the_unit(guest, service):
+    """The README's own example binds tcp://127.0.0.1:5555: libzmq resolves it with getifaddrs(),
+    a netlink socket (the unit has AF_NETLINK since this test found it missing)."""
+    try:
+        service.write_config(TEST_CONFIG.replace("tcp://*:5555", "tcp://127.0.0.1:5555"))
+        proc = guest.ssh("systemctl restart inferd", check=False, timeout=240)
+        state = service.show("ActiveState", "SubState")
+        assert proc.returncode == 0 and state["ActiveState"] == "active", (state, service.journal(8))
+    finally:
+        service.restore()
+
+
+def test_kill_9_is_followed_by_a_restart_and_serving_again(guest, service, infer):
+    old = service.show("MainPID", "NRestarts")
+    guest.ssh("systemctl kill -s KILL inferd")
+    t0 = time.monotonic()
+    state = service.wait_active(timeout=300, not_pid=int(old["MainPID"]))
+    seconds = time.monotonic() - t0
+    assert int(state["NRestarts"]) == int(old["NRestarts"]) + 1
+    result = infer(frames(1, seed=11)[0], model="tflite")
+    assert result.ok
+    save_artifact("restart.json", {"seconds_to_active_again": seconds, "state": state})
