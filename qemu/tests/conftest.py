@@ -14,7 +14,7 @@ Session fixtures, in dependency order:
   A :class:`Service` with ``show()``, ``main_pid()``, ``wait_active()``, ``journal()``,
   ``write_config()``, ``dropin()``, ``restart()``, ``reload()``.
 
-Hooks for later tests (not written yet):
+Hooks (used by the reload and watchdog tests in test_system.py):
 - ``systemctl reload`` (SIGHUP model swap): ``service.write_config(TEST_CONFIG.replace(...))``, then
   ``service.reload()`` (returns when systemd saw READY=1 again after RELOADING=1), then
   ``infer(...)`` / ``scrape()``; ``service.restore()`` puts the test config back.

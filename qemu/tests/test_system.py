@@ -146,3 +146,89 @@ def test_kill_9_is_followed_by_a_restart_and_serving_again(guest, service, infer
     result = infer(frames(1, seed=11)[0], model="tflite")
     assert result.ok
     save_artifact("restart.json", {"seconds_to_active_again": seconds, "state": state})
+
+
+def test_systemctl_reload_swaps_a_model_without_losing_a_frame(guest, service, reference):
+    import threading
+
+    from inferd.client import InferClient
+
+    frame = frames(1, seed=21)[0]
+    results: list = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with InferClient(f"tcp://127.0.0.1:{guest.ports['router']}", timeout=120, source="reload") as c:
+            while not stop.is_set():
+                try:
+                    results.append(c.infer(frame, model="onnx_qdq").outputs[0])
+                except Exception as e:  # recorded, and asserted on below
+                    results.append(e)
+
+    service.write_config(TEST_CONFIG.replace("classifier_int8.onnx", "classifier_float.onnx"))
+    t = threading.Thread(target=stream)
+    t.start()
+    try:
+        time.sleep(2)
+        state = service.reload()
+        time.sleep(3)
+    finally:
+        stop.set()
+        t.join(180)
+    try:
+        assert state["ActiveState"] == "active", state
+        errors = [r for r in results if isinstance(r, Exception)]
+        assert not errors and len(results) >= 2, (errors, len(results))
+        old, new = reference("onnx_qdq", frame)[0], None
+        from inferd.config import parse_config
+        from inferd.models import load_model
+
+        entry = parse_config(TEST_CONFIG.replace("/var/lib/inferd/models", str(MODELS))).models[0]
+        entry = entry.model_copy(update={"path": MODELS / "classifier_float.onnx"})
+        new = load_model(entry, MODELS).predict([frame])[0][0]
+        kinds = [
+            "old" if np.array_equal(r, old) else "new" if np.allclose(r, new, atol=1e-5) else "?"
+            for r in results
+        ]
+        assert "?" not in kinds and kinds[-1] == "new", kinds
+        assert kinds == sorted(kinds, key=lambda k: k == "new")  # one swap, no frame lost
+        assert "reloaded:" in service.journal()
+    finally:
+        service.restore()
+
+
+def test_a_hung_model_trips_the_watchdog_and_systemd_restarts_it(guest, service, infer):
+    """A real model kept inside one inference (a 2048-frame batch under TCG takes many seconds):
+    the daemon stops pinging after service.hang_after_s, systemd's WatchdogSec= ends it."""
+    import threading
+
+    from inferd.client import InferClient
+
+    config = TEST_CONFIG.replace(
+        'bind: "tcp://*:5555"}', 'bind: "tcp://*:5555", max_message_bytes: 300000000}'
+    )
+    service.write_config(config + "service: {hang_after_s: 1}\n")
+    service.dropin("watchdog.conf", "[Service]\nWatchdogSec=3\n")  # restarts with both
+    old = service.show("MainPID", "NRestarts")
+    batch = np.random.default_rng(5).standard_normal((2048, 3, 64, 64)).astype(np.float32)
+
+    def send() -> None:
+        try:
+            with InferClient(f"tcp://127.0.0.1:{guest.ports['router']}", timeout=120, source="hang") as c:
+                c.infer(batch, model="onnx_float")
+        except Exception:  # the daemon is killed mid-inference: no answer is expected
+            pass
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    try:
+        state = service.wait_active(timeout=300, not_pid=int(old["MainPID"]))
+        assert int(state["NRestarts"]) == int(old["NRestarts"]) + 1, state
+        journal = service.journal(400)
+        assert "Watchdog timeout" in journal or "watchdog" in journal.lower(), journal[-3000:]
+        assert "not pinging systemd: model onnx_float stuck in one inference" in journal, journal[-3000:]
+        assert infer(frames(1, seed=3)[0], model="tflite").ok  # serving again
+        save_artifact("watchdog.json", {"state": state})
+    finally:
+        service.remove_dropin("watchdog.conf", restart=False)
+        service.restore()
