@@ -132,8 +132,6 @@ def test_sub_endpoint_reads_a_camera_publisher(daemon):
             except RequestTimeout:
                 continue
         assert got is not None and got.ok and got.source == "cam2"
-        ignored = FramePublisher(daemon.camera_pub.replace("camera", "camera2"), source="x", mode="pub")
-        ignored.close()
 
 
 def bad_messages(frame):

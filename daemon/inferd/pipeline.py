@@ -211,14 +211,6 @@ class Timings:
     inference: float = 0.0
     total: float = 0.0
 
-    def to_json(self) -> dict:
-        return {
-            "queue_ms": round(self.queue * 1000, 3),
-            "preprocess_ms": round(self.preprocess * 1000, 3),
-            "inference_ms": round(self.inference * 1000, 3),
-            "total_ms": round(self.total * 1000, 3),
-        }
-
 
 class Worker(threading.Thread):
     """One model instance: takes frames (or batches of frames) from its model's queue and runs them."""

@@ -5,7 +5,6 @@
 every batch.
 """
 
-import json
 import os
 
 import numpy as np
@@ -148,4 +147,3 @@ def test_summary_counts(target):
         assert total >= 100_000
     logs = target["d"].logs()
     assert "Traceback" not in logs, logs[-3000:]
-    assert json.dumps(target["rss"])
