@@ -166,9 +166,17 @@ def test_watchdog_stops_pinging_while_a_model_hangs(tmp_path, slow_path):
         pings = [t for t, m in listener.messages if m.get("WATCHDOG") == "1"]
         assert len(pings) >= 3  # every 0.2 s while healthy
         dealer = d.socket(zmq.DEALER, d.router)
+        # size the hang from this machine's speed: ~4 s of work in one inference
+        sample = rows(300)
+        t0 = time.monotonic()
+        dealer.send_multipart([b"", raw_header(sample, model="slowmo", source="hang"), sample])
+        assert dealer.poll(30000)
+        dealer.recv_multipart()
+        n = min(40000, max(1000, int(300 * 4.0 / (time.monotonic() - t0))))
+        time.sleep(0.5)
         hang_start = time.monotonic()
-        dealer.send_multipart([b"", raw_header(rows(3000), model="slowmo", source="hang"), rows(3000)])
-        assert dealer.poll(30000), "the slow inference never finished"
+        dealer.send_multipart([b"", raw_header(rows(n), model="slowmo", source="hang"), rows(n)])
+        assert dealer.poll(60000), "the slow inference never finished"
         hang_end = time.monotonic()
         assert json.loads(dealer.recv_multipart()[1])["status"] == "ok"
         dealer.close()
@@ -306,7 +314,7 @@ def test_reload_swaps_a_changed_model_without_losing_a_frame(tmp_path, slow_path
 def test_sigterm_drains_then_answers_the_rest_with_shutdown(tmp_path, slow_path):
     d = start(tmp_path, {}, slow=slow_path)
     dealer = d.socket(zmq.DEALER, d.router)
-    frame = rows(250)  # ~0.35 s each: 12 of them are far more than drain_timeout_s (0.5 s) can serve
+    frame = rows(500)  # ~0.25-0.7 s each: 12 of them are far more than drain_timeout_s (0.5 s) can serve
     n = 12
     for i in range(n):
         dealer.send_multipart([b"", raw_header(frame, model="slowmo", source="drain", id=str(i)), frame])
