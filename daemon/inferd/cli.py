@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
     )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument(
+        "--accuracy",
+        type=Path,
+        metavar="DIR",
+        help="also report each classifier's top-1 on labelled frames: DIR/<class>/<image or .npy>",
+    )
     c.set_defaults(func=cmd_check)
 
     r = sub.add_parser("run", help="run the daemon in the foreground (logs to stderr)")
@@ -120,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--runs", type=int, default=50, help="timed runs for the mean latency (default 50)")
     m.add_argument("--json", action="store_true", help="print the report as JSON")
     m.set_defaults(func=cmd_models)
+
+    from inferd.tools.commands import add_commands
+
+    add_commands(sub)
     return p
 
 
@@ -354,8 +364,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         "errors": [str(e) for e in failed.values()],
         "degraded": sorted(n for n in failed if n not in required_failed),
     }
-    for m in loaded.values():
-        m.close()
+    try:
+        if args.accuracy is not None:
+            from inferd.tools.commands import run_accuracy
+
+            report["accuracy"] = run_accuracy(loaded, args.accuracy)
+    finally:
+        for m in loaded.values():
+            m.close()
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -371,6 +387,10 @@ def print_check(report: dict) -> None:
         print(f"  error: {err}")
     if report["degraded"]:
         print(f"  degraded: optional model(s) not loaded: {', '.join(report['degraded'])}")
+    if "accuracy" in report:
+        from inferd.tools.commands import print_accuracy
+
+        print_accuracy(report["accuracy"])
 
 
 def print_model(m: dict) -> None:

@@ -1,0 +1,1 @@
+"""Model tooling for the workstation: quantize, export, accuracy (never imported by the daemon)."""

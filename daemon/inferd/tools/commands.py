@@ -1,0 +1,112 @@
+"""The tool commands (`inferd quantize`, `inferd check --accuracy`): parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    q = sub.add_parser(
+        "quantize",
+        help="static int8 quantization of a float ONNX model, calibrated on your frames",
+        description="Calibrate on a folder of frames (passed through the daemon's preprocessing), "
+        "write the quantized model, compare it with the float one on held-back frames and print a "
+        "ready-to-use model entry.",
+    )
+    q.add_argument("model", type=Path, help="the float .onnx model")
+    q.add_argument("--calibration", type=Path, required=True, help="folder of images or .npy frames")
+    q.add_argument("--out", type=Path, required=True, help="where to write the quantized model")
+    q.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
+    q.add_argument("--format", choices=["qdq", "qoperator"], default="qdq", help="default qdq")
+    q.add_argument(
+        "--preprocess-from",
+        metavar="CONFIG:MODEL",
+        help="apply that config entry's preprocessing to the frames (and copy its labels/postprocess)",
+    )
+    q.add_argument("--activations", choices=["uint8", "int8"], default="uint8", help="default uint8")
+    q.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    q.add_argument(
+        "--holdout", type=float, default=0.2, help="share of frames kept back to compare (default 0.2)"
+    )
+    q.add_argument("--max-frames", type=int, default=None, help="use at most this many frames")
+    q.add_argument("--name", help="model name in the printed entry (default: from --out)")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
+    q.set_defaults(func=cmd_quantize)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from inferd.tools.quantize import Recipe, quantize_model, recipe_from
+
+    if not 0 < args.holdout < 1:
+        print("inferd quantize: --holdout must be between 0 and 1", file=sys.stderr)
+        return 2
+    recipe = recipe_from(args.preprocess_from) if args.preprocess_from else Recipe()
+    report = quantize_model(
+        args.model, args.out, args.calibration, recipe=recipe, per_channel=args.per_channel,
+        fmt=args.format, activations=args.activations, method=args.method, holdout=args.holdout,
+        max_frames=args.max_frames, progress=None if args.json else _bar,
+    )  # fmt: skip
+    if args.name:
+        report.entry["name"] = args.name
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    a, size, lat = report.agreement, report.size_bytes, report.latency_ms
+    print(
+        f"quantized {report.model} -> {report.out}\n"
+        f"  {report.format}, {'per-channel' if report.per_channel else 'per-tensor'} int8 weights, "
+        f"{report.activations} activations, {report.method} on {report.calibration_frames} frames"
+    )
+    print(f"  held-back frames   {a.frames}")
+    if a.top1 is not None:
+        print(f"  top-1 agreement    {a.top1 * 100:.1f} %")
+    print(f"  output cosine      mean {a.cosine_mean:.5f}, min {a.cosine_min:.5f}")
+    print(f"  max abs difference {a.max_abs_diff:.4g}")
+    print(f"  size               {size['float'] / 1e3:.1f} kB -> {size['quantized'] / 1e3:.1f} kB")
+    print(f"  latency (median)   {lat['float']:.3f} ms -> {lat['quantized']:.3f} ms (this machine)")
+    for note in report.notes:
+        print(f"  note: {note}")
+    print("model entry for the config (models:):")
+    print(yaml.safe_dump([report.entry], sort_keys=False, default_flow_style=None).rstrip())
+    return 0
+
+
+def _bar(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="calibrating", unit="frame", file=sys.stderr, leave=False)
+
+
+def run_accuracy(models: dict, folder: Path) -> dict[str, dict]:
+    """`inferd check --accuracy`: top-1 per loaded model on a folder per class."""
+    from inferd.tools.accuracy import measure_accuracy
+    from inferd.tools.frames import labelled_files
+
+    classes = labelled_files(folder)
+    return {name: measure_accuracy(m, classes).to_dict() for name, m in models.items()}
+
+
+def print_accuracy(results: dict[str, dict]) -> None:
+    for name, r in results.items():
+        if r["skipped"]:
+            print(f"  accuracy {name}: skipped, {r['skipped']}")
+            continue
+        top5 = f", top-5 {r['top5'] * 100:.1f} %" if r["top5"] is not None else ""
+        top1 = f"{r['top1'] * 100:.1f} %" if r["top1"] is not None else "n/a"
+        print(f"  accuracy {name}: top-1 {top1}{top5} on {r['frames']} frames")
+        for cls, c in r["per_class"].items():
+            value = f"{c['top1'] * 100:5.1f} %" if c["top1"] is not None else "  n/a"
+            print(f"    {cls:20} {value}  ({c['frames']} frames)")
+        for m in r["confusions"]:
+            print(f"    confused: {m['true']} -> {m['predicted']} ({m['frames']} frames)")
+        for path, why in list(r["failed"].items())[:5]:
+            print(f"    failed: {path}: {why}")
+        if len(r["failed"]) > 5:
+            print(f"    ... and {len(r['failed']) - 5} more failed frames")
