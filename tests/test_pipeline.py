@@ -52,6 +52,19 @@ def test_fifo_never_drops_and_refuses_when_full():
     assert [s for _, s in drain(q)] == [1, 2, 3]
 
 
+def test_a_take_after_a_refused_put_wakes_the_io_thread():
+    woken = []
+    q = ModelQueue(
+        "m", SourcePolicies([SourceConfig(policy="fifo", queue_size=1)]), None, lambda: woken.append(1)
+    )
+    assert q.put(frame("s", 0))
+    assert q.take(0.01).header.seq == 0 and woken == []  # nobody was refused: no wake-up
+    assert q.put(frame("s", 1)) and not q.put(frame("s", 2))
+    assert q.take(0.01).header.seq == 1 and woken == [1]  # room for the refused frame: wake once
+    assert q.put(frame("s", 2)) and not q.put(frame("s", 3))
+    assert [f.header.seq for f in q.take_batch(4, 0.0, 0.01)] == [2] and woken == [1, 1]
+
+
 def test_sources_are_served_round_robin():
     q, _ = queue(SourceConfig(policy="fifo", queue_size=100))
     for i in range(6):

@@ -88,7 +88,7 @@ class Daemon:
 
     def _serve(self, name: str, instances: list[Model]) -> tuple[ModelQueue, list[Worker]]:
         """A queue and its (not yet started) workers for a loaded model."""
-        q = ModelQueue(name, self.policies, self._dropped(name))
+        q = ModelQueue(name, self.policies, self._dropped(name), on_room=self.replies.wake)
         workers = [
             Worker(m, q, self.replies, self.metrics, self.policies, i) for i, m in enumerate(instances)
         ]

@@ -79,15 +79,20 @@ class SourcePolicies:
 
 
 Dropped = Callable[[Frame, str], None]
+Woken = Callable[[], None]
 
 
 class ModelQueue:
     """Bounded per-source queues for one model, served round-robin so no source starves another."""
 
-    def __init__(self, model: str, policies: SourcePolicies, on_drop: Dropped) -> None:
+    def __init__(
+        self, model: str, policies: SourcePolicies, on_drop: Dropped, on_room: Woken | None = None
+    ) -> None:
         self.model = model
         self.policies = policies
         self.on_drop = on_drop
+        self.on_room = on_room  # called when a frame is taken from a queue a put found full
+        self._refused = False  # a fifo put was refused since the last take
         self._queues: dict[str, deque[Frame]] = {}
         self._ready: deque[str] = deque()  # sources with frames waiting, in serving order
         self._cond = threading.Condition()
@@ -108,6 +113,7 @@ class ModelQueue:
                 was_empty = not q
                 if len(q) >= policy.queue_size:
                     if policy.policy == "fifo":
+                        self._refused = True
                         return False
                     dropped = q.popleft()
                     self.size -= 1
@@ -135,7 +141,10 @@ class ModelQueue:
             self.size -= 1
             if q:
                 self._ready.append(source)
-            return frame
+            refused, self._refused = self._refused, False
+        if refused and self.on_room is not None:
+            self.on_room()  # the IO thread holds a frame for this queue: it can put it now
+        return frame
 
     def take_batch(self, max_batch: int, max_delay: float, timeout: float) -> list[Frame]:
         """Up to `max_batch` frames, fairly across sources: the first waits up to `timeout`, the
@@ -159,6 +168,9 @@ class ModelQueue:
                 if left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
+            refused, self._refused = self._refused, False
+        if refused and self.on_room is not None:
+            self.on_room()
         return batch
 
     def depths(self) -> dict[str, int]:

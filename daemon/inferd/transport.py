@@ -28,6 +28,8 @@ log = logging.getLogger("inferd.transport")
 
 OUTBOX = "inproc://inferd-outbox"
 REPLY = b"R"  # outbox messages: REPLY + endpoint id, then the envelope and the reply
+WAKE = b"W"  # outbox message: a queue has room again (retry the frames held back)
+_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 MAX_SOURCES = 1024  # bounds metric label cardinality against senders inventing source names
 SWEEP_S = 0.02  # how often queued frames are checked for passed deadlines
 
@@ -73,6 +75,7 @@ class Replies:
         self._latency: dict = {}  # (model, source) -> its frame_latency histogram
         self._starts: dict = {}  # (model, source) -> the fixed start of their result headers
         self._specs: dict = {}  # (model, output shapes and dtypes) -> the "outputs" JSON
+        self._counters: dict = {}  # (metric, source, reason) -> its child (labels() is not free)
         self.pub: zmq.Socket | None = None  # the results socket, set by the transport
         self.pub_lock = threading.Lock()
         self.warn = RateLimitedLog()
@@ -128,13 +131,26 @@ class Replies:
             topic = f"{model or '_'}/{source or '_'}".encode()
             # Results go straight out on the PUB socket, shared under a lock (a mutex is the
             # "full fence" libzmq asks for when a socket is used from several threads); the
-            # IO thread never touches it.
+            # IO thread never touches it. Part by part with int flags: send_multipart's enum
+            # arithmetic costs more than the sends. PUB never blocks (it drops at its
+            # high-water mark, by design, and only ever whole messages).
             with self.pub_lock:
-                if self.pub is not None:
-                    with contextlib.suppress(zmq.Again):  # PUB drops at its high-water mark by design
-                        self.pub.send_multipart([topic, head, *tensors], copy=False, flags=zmq.NOBLOCK)
+                pub = self.pub
+                if pub is not None:
+                    pub.send(topic, _MORE)
+                    if tensors:
+                        pub.send(head, _MORE)
+                        for t in tensors[:-1]:
+                            pub.send(t, _MORE, copy=False)
+                        pub.send(tensors[-1], _LAST, copy=False)
+                    else:
+                        pub.send(head, _LAST)
             return
         self._socket().send_multipart(parts, copy=False)
+
+    def wake(self) -> None:
+        """Wake the IO thread (a fifo queue it could not fill has room now)."""
+        self._socket().send(WAKE)
 
     def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
         h = frame.header
@@ -164,20 +180,28 @@ class Replies:
 
     def reject(self, frame: Frame, model: str, reason: str, message: str) -> None:
         """A frame refused as invalid."""
-        self.metrics.frames_rejected.labels(frame.source, reason).inc()
+        self._count(self.metrics.frames_rejected, frame.source, reason)
         self.warn(reason, "rejected a frame from %s for %s: %s", frame.source, model or "-", message)
         h = frame.header
         self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, message)
 
     def reject_raw(self, reply_to, source: str, reason: str, message: str) -> None:
         """A message refused before it had a valid header."""
-        self.metrics.frames_rejected.labels(source, reason).inc()
+        self._count(self.metrics.frames_rejected, source, reason)
         self.warn(reason, "rejected a message (%s): %s", reason, message)
         self._error(reply_to, "", source, None, None, reason, message)
 
+    def _count(self, metric, source: str, reason: str) -> None:
+        child = self._counters.get((metric, source, reason))
+        if child is None:
+            child = metric.labels(source, reason)
+            if len(self._counters) < 65536:
+                self._counters[(metric, source, reason)] = child
+        child.inc()
+
     def drop(self, frame: Frame, model: str, reason: str) -> None:
         """A valid frame not served (queue full, stale, deadline, shutdown); a router peer is answered."""
-        self.metrics.frames_dropped.labels(frame.source, reason).inc()
+        self._count(self.metrics.frames_dropped, frame.source, reason)
         if frame.reply_to is not None:
             h = frame.header
             self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, f"frame dropped: {reason}")
