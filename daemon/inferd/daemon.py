@@ -16,10 +16,11 @@ from inferd.health import HttpServer
 from inferd.metrics import Metrics
 from inferd.models import Model, file_sha256, load_model, resolve_path
 from inferd.pipeline import ModelQueue, SourcePolicies, Worker
+from inferd.replies import Replies
 from inferd.routing import Dispatcher
 from inferd.security import Authenticator
 from inferd.service import Notifier
-from inferd.transport import Replies, Transport
+from inferd.transport import Transport
 
 log = logging.getLogger("inferd")
 LOAD_TIMEOUT_S = 60.0  # EXTEND_TIMEOUT_USEC granted per model while it loads

@@ -7,8 +7,8 @@ import time
 
 from inferd.config import Config
 from inferd.pipeline import Frame, ModelQueue, SourcePolicies
+from inferd.replies import Replies
 from inferd.security import RateLimiter
-from inferd.transport import Replies
 
 
 class Dispatcher:

@@ -1,35 +1,31 @@
 """ZeroMQ sockets: ingest (PULL / SUB / ROUTER), results (PUB), and the IO thread that owns them.
 
-ZeroMQ sockets are not thread-safe, so one IO thread owns every socket. Workers hand their
-replies back through an inproc PUSH socket of their own (the Outbox); the IO thread forwards
-them to the PUB socket or to the ROUTER peer that asked. Tensors travel with copy=False.
+ZeroMQ sockets are not thread-safe, so one IO thread owns every ingest socket. Workers publish
+results on the PUB socket under a lock and hand replies for ROUTER peers back through an
+inproc PUSH socket of their own (the outbox, see replies.py); the IO thread forwards those to
+the peer that asked. Tensors travel with copy=False.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
 import threading
 import time
-from typing import Any
 
 import zmq
 
 from inferd.config import Config, EndpointConfig, ResultsConfig
 from inferd.errors import FrameError
-from inferd.pipeline import Frame, Timings
-from inferd.protocol import VERSION, decode_header, decode_payload, encode_header, tensor_specs
+from inferd.pipeline import Frame
+from inferd.protocol import decode_header, decode_payload
+from inferd.replies import OUTBOX, REPLY, Replies
 from inferd.security import load_secret, secure_ipc
 
 log = logging.getLogger("inferd.transport")
 
-OUTBOX = "inproc://inferd-outbox"
-REPLY = b"R"  # outbox messages: REPLY + endpoint id, then the envelope and the reply
-WAKE = b"W"  # outbox message: a queue has room again (retry the frames held back)
-_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 MAX_SOURCES = 1024  # bounds metric label cardinality against senders inventing source names
 SWEEP_S = 0.02  # how often queued frames are checked for passed deadlines
 
@@ -43,183 +39,6 @@ def ensure_ipc_dir(address: str) -> None:
                 os.makedirs(folder, mode=0o750, exist_ok=True)
             except OSError as e:
                 raise OSError(f"cannot create the folder of {address}: {e.strerror}") from None
-
-
-class RateLimitedLog:
-    """Log rejects at WARNING at most once per `period` per reason; count the rest silently."""
-
-    def __init__(self, period: float = 10.0) -> None:
-        self.period, self._last, self._suppressed = period, {}, {}
-
-    def __call__(self, reason: str, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(reason, -1e9) >= self.period:
-            n = self._suppressed.pop(reason, 0)
-            log.warning(msg + (f" (+{n} more since)" if n else ""), *args)
-            self._last[reason] = now
-        else:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-
-
-class Replies:
-    """Builds result and error messages, counts them, and hands them to the IO thread.
-
-    Each calling thread gets its own inproc PUSH socket.
-    """
-
-    def __init__(self, ctx: zmq.Context, metrics) -> None:
-        self.ctx, self.metrics = ctx, metrics
-        self._local = threading.local()
-        self._sockets: list[zmq.Socket] = []
-        self._lock = threading.Lock()
-        self._latency: dict = {}  # (model, source) -> its frame_latency histogram
-        self._starts: dict = {}  # (model, source) -> the fixed start of their result headers
-        self._specs: dict = {}  # (model, output shapes and dtypes) -> the "outputs" JSON
-        self._counters: dict = {}  # (metric, source, reason) -> its child (labels() is not free)
-        self.pub: zmq.Socket | None = None  # the results socket, set by the transport
-        self.pub_lock = threading.Lock()
-        self.warn = RateLimitedLog()
-
-    def _socket(self) -> zmq.Socket:
-        sock = getattr(self._local, "sock", None)
-        if sock is None:
-            sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, 0)  # never block or drop a reply
-            sock.setsockopt(zmq.LINGER, 1000)
-            sock.connect(OUTBOX)
-            self._local.sock = sock
-            with self._lock:
-                self._sockets.append(sock)
-        return sock
-
-    def _result_header(self, h, model, outputs, decoded, t: Timings) -> bytes:
-        """The result header as JSON, from cached pieces: this runs once per frame."""
-        key = (model.name, h.source)
-        start = self._starts.get(key)
-        if start is None:
-            start = self._starts[key] = (
-                f'{{"v":{VERSION},"status":"ok","model":{json.dumps(model.name)},"source":{json.dumps(h.source)}'
-            )
-        parts = [start, f',"seq":{h.seq}']
-        if h.id is not None:
-            parts.append(f',"id":{json.dumps(h.id)}')
-        if h.ts is not None:
-            parts.append(f',"ts":{h.ts!r}')
-        parts.append(
-            f',"timings":{{"queue_ms":{t.queue * 1000:.3f},"preprocess_ms":{t.preprocess * 1000:.3f},'
-            f'"inference_ms":{t.inference * 1000:.3f},"total_ms":{t.total * 1000:.3f}}}'
-        )
-        if decoded is None:
-            shapes = (model.name, *((o.shape, o.dtype.num) for o in outputs))
-            specs = self._specs.get(shapes)
-            if specs is None:
-                names = [o.name for o in model.backend.outputs]
-                specs = self._specs[shapes] = json.dumps(tensor_specs(outputs, names), separators=(",", ":"))
-            parts.append(f',"outputs":{specs}}}')
-        else:
-            parts.append(f',"result":{encode_header(decoded).decode()}}}')
-        return "".join(parts).encode()
-
-    def _send(self, frame: Frame | None, reply_to, model: str, source: str, header: dict, tensors=()) -> None:
-        self._send_encoded(reply_to, model, source, encode_header(header), tensors)
-
-    def _send_encoded(self, reply_to, model: str, source: str, head: bytes, tensors=()) -> None:
-        if reply_to is not None:
-            ep, envelope = reply_to
-            parts = [REPLY + ep.to_bytes(2, "big"), *envelope, head, *tensors]
-        else:
-            topic = f"{model or '_'}/{source or '_'}".encode()
-            # Results go straight out on the PUB socket, shared under a lock (a mutex is the
-            # "full fence" libzmq asks for when a socket is used from several threads); the
-            # IO thread never touches it. Part by part with int flags: send_multipart's enum
-            # arithmetic costs more than the sends. PUB never blocks (it drops at its
-            # high-water mark, by design, and only ever whole messages).
-            with self.pub_lock:
-                pub = self.pub
-                if pub is not None:
-                    pub.send(topic, _MORE)
-                    if tensors:
-                        pub.send(head, _MORE)
-                        for t in tensors[:-1]:
-                            pub.send(t, _MORE, copy=False)
-                        pub.send(tensors[-1], _LAST, copy=False)
-                    else:
-                        pub.send(head, _LAST)
-            return
-        self._socket().send_multipart(parts, copy=False)
-
-    def wake(self) -> None:
-        """Wake the IO thread (a fifo queue it could not fill has room now)."""
-        self._socket().send(WAKE)
-
-    def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
-        h = frame.header
-        head = self._result_header(h, model, outputs, decoded, t)
-        tensors = () if decoded is not None else [o if o.flags.c_contiguous else o.tobytes() for o in outputs]
-        self._send_encoded(frame.reply_to, model.name, h.source, head, tensors)
-        latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
-        hist = self._latency.get((model.name, h.source))
-        if hist is None:
-            hist = self._latency[(model.name, h.source)] = self.metrics.frame_latency_seconds.labels(
-                model.name, h.source
-            )
-        hist.observe(max(latency, 0.0))
-
-    def _error(self, reply_to, model: str, source: str, seq, rid, reason: str, message: str) -> None:
-        header: dict[str, Any] = {
-            "v": VERSION,
-            "status": "error",
-            "error": {"reason": reason, "message": message},
-            "model": model,
-            "source": source,
-            "seq": seq,
-        }
-        if rid is not None:
-            header["id"] = rid
-        self._send(None, reply_to, model, source, header)
-
-    def reject(self, frame: Frame, model: str, reason: str, message: str) -> None:
-        """A frame refused as invalid."""
-        self._count(self.metrics.frames_rejected, frame.source, reason)
-        self.warn(reason, "rejected a frame from %s for %s: %s", frame.source, model or "-", message)
-        h = frame.header
-        self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, message)
-
-    def reject_raw(self, reply_to, source: str, reason: str, message: str) -> None:
-        """A message refused before it had a valid header."""
-        self._count(self.metrics.frames_rejected, source, reason)
-        self.warn(reason, "rejected a message (%s): %s", reason, message)
-        self._error(reply_to, "", source, None, None, reason, message)
-
-    def _count(self, metric, source: str, reason: str) -> None:
-        child = self._counters.get((metric, source, reason))
-        if child is None:
-            child = metric.labels(source, reason)
-            if len(self._counters) < 65536:
-                self._counters[(metric, source, reason)] = child
-        child.inc()
-
-    def drop(self, frame: Frame, model: str, reason: str) -> None:
-        """A valid frame not served (queue full, stale, deadline, shutdown); a router peer is answered."""
-        self._count(self.metrics.frames_dropped, frame.source, reason)
-        if frame.reply_to is not None:
-            h = frame.header
-            self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, f"frame dropped: {reason}")
-
-    def error(self, frame: Frame, model: str, reason: str, message: str) -> None:
-        """A valid frame the model failed on."""
-        log.error("model %s failed on a frame from %s: %s", model, frame.source, message)
-        h = frame.header
-        self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, message)
-
-    def release(self) -> None:
-        """Close the calling thread's socket (each thread calls this as it ends)."""
-        sock = getattr(self._local, "sock", None)
-        if sock is not None:
-            with self._lock:
-                self._sockets.remove(sock)
-            sock.close(linger=1000)
-            self._local.sock = None
 
 
 class Endpoint:
