@@ -14,7 +14,7 @@ from inferd.config import Config, ModelConfig, load_config
 from inferd.errors import InferdError, ModelLoadError
 from inferd.health import HttpServer
 from inferd.metrics import Metrics
-from inferd.models import Model, file_sha256, load_model, resolve_path
+from inferd.models import Model, file_sha256, load_instances, log_failure, resolve_path
 from inferd.pipeline import ModelQueue, SourcePolicies, Worker
 from inferd.replies import Replies
 from inferd.routing import Dispatcher
@@ -69,17 +69,9 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.name}")
             self.notifier.extend_timeout(LOAD_TIMEOUT_S)
             try:
-                first = load_model(cfg, base_dir, runtime_level)
-                # onnxruntime sessions are thread-safe and shared; a TFLite interpreter is not
-                loaded[cfg.name] = [first] + [
-                    first if first.runtime == "onnx" else load_model(cfg, base_dir, runtime_level)
-                    for _ in range(1, cfg.instances)
-                ]
+                loaded[cfg.name] = load_instances(cfg, base_dir, runtime_level)
             except ModelLoadError as e:
-                log.log(
-                    logging.ERROR if cfg.required else logging.WARNING,
-                    "%s%s", e, "" if cfg.required else " (not required: continuing degraded)",
-                )  # fmt: skip
+                log_failure(cfg, e)
                 failed[cfg.name] = e
                 if cfg.required:
                     close_all(loaded)

@@ -259,10 +259,26 @@ def read_labels(cfg: ModelConfig, base_dir: Path) -> list[str] | None:
     return [line.strip() for line in lines if line.strip()]
 
 
+def load_instances(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning") -> list[Model]:
+    """The model's `instances`: onnxruntime sessions are thread-safe and shared, a TFLite
+    interpreter is not (one each)."""
+    first = load_model(cfg, base_dir, runtime_level)
+    return [first] + [
+        first if first.runtime == "onnx" else load_model(cfg, base_dir, runtime_level)
+        for _ in range(1, cfg.instances)
+    ]
+
+
+def log_failure(cfg: ModelConfig, error: ModelLoadError) -> None:
+    level = logging.ERROR if cfg.required else logging.WARNING
+    log.log(level, "%s%s", error, "" if cfg.required else " (not required: continuing degraded)")
+
+
 def load_models(
     config: Config, base_dir: Path, on_loading: Callable[[ModelConfig], None] | None = None
 ) -> tuple[dict[str, Model], dict[str, ModelLoadError]]:
-    """Load every model. Failures are returned, not raised: the caller knows which are required."""
+    """Load every model (one instance each). Failures are returned, not raised: the caller
+    knows which are required."""
     loaded: dict[str, Model] = {}
     failed: dict[str, ModelLoadError] = {}
     for cfg in config.models:
@@ -271,7 +287,6 @@ def load_models(
         try:
             loaded[cfg.name] = load_model(cfg, base_dir, config.logging.runtime_level)
         except ModelLoadError as e:
-            level = logging.ERROR if cfg.required else logging.WARNING
-            log.log(level, "%s%s", e, "" if cfg.required else " (not required: continuing degraded)")
+            log_failure(cfg, e)
             failed[cfg.name] = e
     return loaded, failed
