@@ -29,6 +29,8 @@ CASES = {  # name: model, frame shape, dtype, inferd model options
     "mid-onnx": ("mid_int8.onnx", (1, 3, 80, 80), np.float32, ""),
     "mid-onnx-batch8": ("mid_int8.onnx", (1, 3, 80, 80), np.float32,
                         ", batching: {max_batch: 8, max_delay_ms: 1}"),
+    "mid-onnx-greedy8": ("mid_int8.onnx", (1, 3, 80, 80), np.float32,
+                         ", batching: {max_batch: 8, max_delay_ms: 0}"),
     "larger-onnx": ("larger_int8.onnx", (1, 3, 224, 224), np.float32, ""),
     "larger-onnx-batch4": ("larger_int8.onnx", (1, 3, 224, 224), np.float32,
                            ", batching: {max_batch: 4, max_delay_ms: 2}"),
