@@ -65,6 +65,16 @@ def test_a_take_after_a_refused_put_wakes_the_io_thread():
     assert [f.header.seq for f in q.take_batch(4, 0.0, 0.01)] == [2] and woken == [1, 1]
 
 
+def test_greedy_batch_takes_only_what_is_queued():
+    q, _ = queue(SourceConfig(policy="fifo", queue_size=8))
+    for i in range(3):
+        q.put(frame("a", i))
+    q.put(frame("b", 0))
+    # max_delay 0: the frames already there, fairly across sources, and no waiting for the rest
+    assert [(f.source, f.header.seq) for f in q.take_batch(8, 0.0, 0.01)] == [("a", 0), ("b", 0), ("a", 1), ("a", 2)]
+    assert q.take_batch(8, 0.0, 0.01) == []
+
+
 def test_sources_are_served_round_robin():
     q, _ = queue(SourceConfig(policy="fifo", queue_size=100))
     for i in range(6):
