@@ -71,7 +71,12 @@ def test_greedy_batch_takes_only_what_is_queued():
         q.put(frame("a", i))
     q.put(frame("b", 0))
     # max_delay 0: the frames already there, fairly across sources, and no waiting for the rest
-    assert [(f.source, f.header.seq) for f in q.take_batch(8, 0.0, 0.01)] == [("a", 0), ("b", 0), ("a", 1), ("a", 2)]
+    assert [(f.source, f.header.seq) for f in q.take_batch(8, 0.0, 0.01)] == [
+        ("a", 0),
+        ("b", 0),
+        ("a", 1),
+        ("a", 2),
+    ]
     assert q.take_batch(8, 0.0, 0.01) == []
 
 
