@@ -109,6 +109,51 @@ def test_qoperator_format_and_npy_frames_without_preprocessing(tmp_path, camera_
     assert report.format == "qoperator" and "QLinearConv" in ops  # a QDQ graph has Conv + Q/DQ pairs
 
 
+def two_input_model(path: Path) -> Path:
+    """A float model of two inputs (an image and a feature vector) fused into 4 scores."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    w_img = numpy_helper.from_array((rng.standard_normal((3, 4)) * 0.5).astype(np.float32), "w_img")
+    w_vec = numpy_helper.from_array((rng.standard_normal((6, 4)) * 0.5).astype(np.float32), "w_vec")
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w_img"], ["a"]),
+        helper.make_node("MatMul", ["vector", "w_vec"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["scores"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_inputs",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16]),
+         helper.make_tensor_value_info("vector", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4])],
+        [w_img, w_vec],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def test_a_two_input_model_calibrates_on_npz_frames(tmp_path):
+    model = two_input_model(tmp_path / "two.onnx")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(20):  # one array per input, saved in the model's input order
+        np.savez(
+            frames / f"{i:02d}.npz",
+            rng.random((3, 16, 16), np.float32),
+            rng.standard_normal(6).astype(np.float32),
+        )
+    report = quantize_model(model, tmp_path / "two.int8.onnx", frames)
+    assert (report.calibration_frames, report.agreement.frames) == (16, 4)
+    assert report.agreement.top1 is not None and report.agreement.cosine_min > 0.95
+    assert not any("0-255" in n for n in report.notes)  # arrays, not images
+    np.savez(frames / "20.npz", rng.random((3, 16, 16), np.float32))  # one input missing
+    with pytest.raises(QuantizeError, match=r"20\.npz.*takes 2 input\(s\), the frame has 1"):
+        quantize_model(model, tmp_path / "again.onnx", frames, holdout=0.01)
+
+
 def test_bad_inputs_get_precise_errors(tmp_path, camera_frames):
     out = tmp_path / "q.onnx"
     with pytest.raises(QuantizeError, match=r"/\d{3}\.png: frame is .*--preprocess-from"):

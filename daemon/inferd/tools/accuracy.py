@@ -10,7 +10,7 @@ import numpy as np
 
 from inferd.errors import InferdError
 from inferd.models import Model
-from inferd.tools.frames import FramesError, read_frame
+from inferd.tools.frames import FramesError, read_parts
 
 
 @dataclass
@@ -71,7 +71,7 @@ def measure_accuracy(model: Model, classes: dict[str, list[Path]]) -> AccuracyRe
         correct = 0
         for path in files:
             try:
-                scores = model.infer(model.prepare([read_frame(path)]))[output][0].ravel()
+                scores = model.infer(model.prepare(read_parts(path)))[output][0].ravel()
             except InferdError as e:
                 report.failed[str(path)] = str(e)
                 continue

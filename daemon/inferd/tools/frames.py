@@ -11,7 +11,7 @@ from inferd.protocol import decode_image
 
 IMAGE_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png"}
 OTHER_IMAGE_SUFFIXES = {".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif"}
-SUFFIXES = {*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES, ".npy"}
+SUFFIXES = {*IMAGE_SUFFIXES, *OTHER_IMAGE_SUFFIXES, ".npy", ".npz"}
 
 
 class FramesError(InferdError):
@@ -25,8 +25,8 @@ def frame_files(folder: Path) -> list[Path]:
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not found:
         raise FramesError(
-            f"{folder} holds no frames: expected images ({', '.join(sorted(SUFFIXES - {'.npy'}))}) "
-            "or .npy arrays"
+            f"{folder} holds no frames: expected images "
+            f"({', '.join(sorted(SUFFIXES - {'.npy', '.npz'}))}), .npy arrays or .npz (one array per input)"
         )
     return found
 
@@ -44,6 +44,18 @@ def read_frame(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             return np.asarray(img.convert("L" if img.mode in ("L", "I;16", "1") else "RGB"))
     except (OSError, ValueError, InferdError) as e:
+        raise FramesError(f"cannot read {path}: {e}") from None
+
+
+def read_parts(path: Path) -> list[np.ndarray]:
+    """A frame as the list of arrays a model takes, one per input: a .npz holds one array per
+    input (in the order they were saved), anything else is one array."""
+    if path.suffix.lower() != ".npz":
+        return [read_frame(path)]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return [npz[name] for name in npz.files]
+    except (OSError, ValueError) as e:
         raise FramesError(f"cannot read {path}: {e}") from None
 
 

@@ -21,7 +21,7 @@ from inferd.config import ModelConfig, PreprocessConfig, load_config
 from inferd.errors import InferdError
 from inferd.models import Model, file_sha256, load_model, resolve_path
 from inferd.tools.accuracy import score_output
-from inferd.tools.frames import frame_files, read_frame
+from inferd.tools.frames import frame_files, read_parts
 
 log = logging.getLogger("inferd.tools.quantize")
 
@@ -106,7 +106,7 @@ def split(files: list[Path], holdout: float) -> tuple[list[Path], list[Path]]:
 
 def prepared(model: Model, path: Path) -> list[np.ndarray]:
     try:
-        return model.prepare([read_frame(path)])
+        return model.prepare(read_parts(path))
     except InferdError as e:
         raise QuantizeError(
             f"calibration frame {path}: {e} (--preprocess-from CONFIG:MODEL applies a config's "
@@ -144,7 +144,7 @@ def quantize_model(
             raise QuantizeError(f"{source} is already quantized ({float_model.backend.quantization_format})")
         notes = _quantize(float_model, out, calib, per_channel, fmt, activations, method, progress)
         float_input = float_model.backend.inputs[0].dtype.kind == "f"
-        images = any(f.suffix.lower() != ".npy" for f in calib)
+        images = any(f.suffix.lower() not in (".npy", ".npz") for f in calib)
         if float_input and images and not recipe.preprocess.normalizes:
             notes.append(
                 "images were fed as 0-255 pixel values (no normalization configured); if the model "
