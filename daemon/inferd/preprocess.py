@@ -63,8 +63,7 @@ class Preprocessor:
         self._check_config()
         self.quant = spec.quantization if spec.dtype.kind in "iu" else None
         self.scale, self.offset = self._affine()
-        self._fit_shape: tuple | None = None  # the last frame shape passed through untouched
-        self._fit_dtype: np.dtype | None = None
+        self._fit: tuple | None = None  # (shape, dtype) of the last frame passed through untouched
 
     def _check_config(self) -> None:
         cfg, where = self.cfg, f"model {self.model!r}: preprocess"
@@ -106,13 +105,14 @@ class Preprocessor:
         return a.astype(np.float32), b.astype(np.float32)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        if frame.shape == self._fit_shape and frame.dtype == self._fit_dtype:
-            return frame  # the common case: the same tensor shape as the last frame
+        if (frame.shape, frame.dtype) == self._fit:
+            return frame  # the common case: the same tensor shape as the last frame (one tuple:
+            # instances sharing this preprocessor never see half an update)
         spec = self.rows_spec
         if fits(spec, frame.shape, frame.dtype) and (
             self.max_rows is None or frame.shape[0] <= self.max_rows
         ):
-            self._fit_shape, self._fit_dtype = frame.shape, frame.dtype
+            self._fit = (frame.shape, frame.dtype)
             return frame
         if len(spec.shape) >= 2 and spec.shape[0] in (1, None) and fits(spec, (1, *frame.shape), frame.dtype):
             return frame[None]
