@@ -68,6 +68,19 @@ def test_frame_with_the_model_shape_and_dtype_passes_untouched():
     assert free(tensor) is tensor
 
 
+def test_a_remembered_fit_does_not_let_another_shape_or_dtype_through():
+    pre = Preprocessor(PreprocessConfig(), TensorSpec("x", (None, 6), np.dtype(np.float32)))
+    good = np.zeros((2, 6), np.float32)
+    assert pre(good) is good and pre(np.ones((2, 6), np.float32)).sum() == 12  # cached path
+    assert pre(np.zeros((5, 6), np.float32)).shape == (5, 6)  # another batch still fits
+    with pytest.raises(FrameError) as e:
+        pre(np.zeros((2, 6), np.float64))
+    assert e.value.reason == "dtype"
+    with pytest.raises(FrameError) as e:
+        pre(np.zeros((2, 7), np.float32))
+    assert e.value.reason == "shape"
+
+
 def test_bgr_frames_are_swapped_and_nhwc_layout_is_kept():
     rgb = camera_frame(64, 64)
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
