@@ -86,3 +86,26 @@ def test_batching_a_model_without_a_batch_dimension_is_refused():
     ).models[0]
     with pytest.raises(ModelLoadError, match=r"needs a batch dimension.*fixed batch of 1"):
         load_model(cfg, MODELS)
+
+
+def test_a_dynamically_quantized_model_warns_that_batch_mates_change_results(tmp_path, caplog):
+    import make_models
+
+    path = tmp_path / "dynamic.onnx"
+    make_models.quantize_dynamic(MODELS / "classifier_float.onnx", path)
+    entry = f"models:\n  - {{name: dyn, path: {path}, batching: {{max_batch: 4}}}}"
+    with caplog.at_level("WARNING", logger="inferd.models"):
+        model = load_model(parse_config(entry).models[0], tmp_path)
+    assert "dynamically quantized" in caplog.text and "batch" in caplog.text
+    # the warning is real: the same frame, alone and beside a very different one
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    loud = 40 * rng.standard_normal((1, 3, 64, 64)).astype(np.float32)
+    alone = model.infer([a])[0]
+    beside = model.infer_batch([[a], [loud]])[0][0]
+    assert not np.allclose(alone, beside, rtol=1e-4, atol=1e-4)
+    model.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inferd.models"):
+        load_model(parse_config(entry.replace("max_batch: 4", "max_batch: 1")).models[0], tmp_path).close()
+    assert "dynamically quantized" not in caplog.text

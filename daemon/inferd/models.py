@@ -222,6 +222,13 @@ def check_batching(cfg: ModelConfig, backend: Backend) -> None:
                 f"model {cfg.name!r}: batching.max_batch {cfg.batching.max_batch} needs a batch dimension, "
                 f"but {spec.describe()} has a fixed batch of 1 (export a dynamic batch or drop batching)"
             )
+    if getattr(backend, "quantization_format", None) == "dynamic":
+        log.warning(
+            "model %s is dynamically quantized: its activation scales are computed over each runtime "
+            "call, so with batching a frame's result depends on the frames batched with it "
+            "(set batching.max_batch: 1 for per-frame results, or quantize statically)",
+            cfg.name,
+        )
 
 
 def check_model_file(cfg: ModelConfig, path: Path) -> None:
