@@ -154,6 +154,22 @@ def test_a_two_input_model_calibrates_on_npz_frames(tmp_path):
         quantize_model(model, tmp_path / "again.onnx", frames, holdout=0.01)
 
 
+def test_calibration_in_chunks_keeps_the_range_of_every_chunk(tmp_path):
+    # 34 frames: 2 held back (the first and the last), 32 calibrate in two chunks of 16; the
+    # lowest value is in the first chunk, the highest in the second
+    frames = tmp_path / "npy"
+    frames.mkdir()
+    rng = np.random.default_rng(6)
+    for i in range(34):
+        x = rng.uniform(-1, 1, (3, 64, 64)).astype(np.float32)
+        x[0, 0, 0] = {1: -5.0, 32: 7.0}.get(i, 0.0)
+        np.save(frames / f"{i:02d}.npy", x)
+    out = tmp_path / "q.onnx"
+    report = quantize_model(FLOAT, out, frames, holdout=2 / 34)
+    assert report.calibration_frames == 32
+    assert graph_input_scale(out) == pytest.approx(12.0 / 255, rel=1e-6)
+
+
 def test_bad_inputs_get_precise_errors(tmp_path, camera_frames):
     out = tmp_path / "q.onnx"
     with pytest.raises(QuantizeError, match=r"/\d{3}\.png: frame is .*--preprocess-from"):

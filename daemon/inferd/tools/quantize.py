@@ -27,6 +27,7 @@ log = logging.getLogger("inferd.tools.quantize")
 
 METHODS = ("minmax", "entropy", "percentile")
 MIN_OPSET = 13
+STRIDE = 16  # calibration frames collected at once (MinMax)
 
 
 class QuantizeError(InferdError):
@@ -184,23 +185,30 @@ def _quantize(
     bar = progress(len(calib)) if progress else None
 
     class Reader(ortq.CalibrationDataReader):
-        """Reads and preprocesses one frame at a time: calibration sets need not fit in memory."""
+        """Reads and preprocesses one frame at a time; `set_range` serves onnxruntime's strided
+        calibration (MinMax keeps every intermediate output of the frames it collects at once)."""
 
         def __init__(self) -> None:
-            self.feeds = self._feeds()
+            self.feeds = self._feeds(calib)
 
-        def _feeds(self) -> Iterator[dict]:
+        def _feeds(self, paths: list[Path]) -> Iterator[dict]:
             names = [s.name for s in model.backend.inputs]
-            for path in calib:
+            for path in paths:
                 yield dict(zip(names, prepared(model, path), strict=True))
                 if bar is not None:
                     bar.update(1)
 
+        def __len__(self) -> int:
+            return len(calib)
+
         def get_next(self) -> dict | None:
             return next(self.feeds, None)
 
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.feeds = self._feeds(calib[start_index:end_index])
+
         def rewind(self) -> None:
-            self.feeds = self._feeds()
+            self.feeds = self._feeds(calib)
 
     with tempfile.TemporaryDirectory(prefix="inferd-quantize-") as tmp:
         graph = model.path
@@ -232,6 +240,7 @@ def _quantize(
                 quant_format=ortq.QuantFormat.QDQ if fmt == "qdq" else ortq.QuantFormat.QOperator,
                 per_channel=per_channel, activation_type=kinds[activations],
                 weight_type=ortq.QuantType.QInt8, calibrate_method=methods[method],
+                extra_options={"CalibStridedMinMax": stride(len(calib))} if method == "minmax" else None,
             )  # fmt: skip
         except InferdError:
             raise
@@ -243,6 +252,14 @@ def _quantize(
     if fmt == "qoperator" and activations == "int8":
         notes.append("QOperator with int8 activations runs much slower than QDQ on most CPUs")
     return notes
+
+
+def stride(n: int, most: int = STRIDE) -> int:
+    """Frames per calibration chunk: the largest divisor of n up to `most` (onnxruntime wants
+    the count divisible). MinMax merges the chunks' ranges, so memory stays bounded by one chunk's
+    intermediate outputs. (Its CalibMaxIntermediateOutputs option drops the collected data
+    without computing it in onnxruntime 1.32: not used.)"""
+    return next(d for d in range(min(n, most), 0, -1) if n % d == 0)
 
 
 def _load(path: Path, name: str, preprocess: PreprocessConfig) -> Model:
