@@ -124,3 +124,22 @@ def test_runtime_messages_go_through_logging(tmp_path, caplog, capfd):
     assert [r.levelno for r in warned if "never_used" in r.getMessage()] == [logging.WARNING]
     assert "\x1b[" not in warned[0].getMessage() and "onnxruntime:" not in warned[0].getMessage()
     assert "never_used" not in capfd.readouterr().err  # nothing leaked past the logger
+
+
+def test_instances_share_an_onnx_session_and_get_their_own_tflite_interpreters(tmp_path):
+    from inferd.models import load_instances
+
+    models = Path(__file__).resolve().parent.parent / "examples" / "models"
+    cfg = parse_config(
+        f"models:\n  - {{name: o, path: {models / 'classifier_int8.onnx'}, instances: 3}}\n"
+        f"  - {{name: t, path: {models / 'classifier_int8.tflite'}, instances: 2}}\n"
+    )
+    onnx_models = load_instances(cfg.models[0], tmp_path)
+    assert len(onnx_models) == 3 and len({id(m) for m in onnx_models}) == 1  # one thread-safe session
+    tflite_models = load_instances(cfg.models[1], tmp_path)
+    assert len(tflite_models) == 2 and tflite_models[0].backend is not tflite_models[1].backend
+    frame = np.zeros((1, 64, 64, 3), np.int8)
+    a, b = (m.infer([frame])[0] for m in tflite_models)
+    np.testing.assert_array_equal(a, b)
+    for m in [onnx_models[0], *tflite_models]:
+        m.close()

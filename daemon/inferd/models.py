@@ -270,10 +270,17 @@ def load_instances(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warni
     """The model's `instances`: onnxruntime sessions are thread-safe and shared, a TFLite
     interpreter is not (one each)."""
     first = load_model(cfg, base_dir, runtime_level)
-    return [first] + [
-        first if first.runtime == "onnx" else load_model(cfg, base_dir, runtime_level)
-        for _ in range(1, cfg.instances)
-    ]
+    if first.runtime == "onnx":
+        return [first] * cfg.instances
+    models = [first]
+    try:
+        for _ in range(1, cfg.instances):
+            models.append(load_model(cfg, base_dir, runtime_level))
+    except ModelLoadError:  # a later interpreter failed: close the ones already made
+        for m in models:
+            m.close()
+        raise
+    return models
 
 
 def log_failure(cfg: ModelConfig, error: ModelLoadError) -> None:

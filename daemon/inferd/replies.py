@@ -115,7 +115,10 @@ class Replies:
             with self.pub_lock:
                 pub = self.pub
                 if pub is not None:
-                    pub.send(topic, _MORE)
+                    try:  # PUB takes or drops a whole message at its first part
+                        pub.send(topic, _MORE)
+                    except zmq.Again:
+                        return
                     if tensors:
                         pub.send(head, _MORE)
                         for t in tensors[:-1]:

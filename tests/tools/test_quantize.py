@@ -240,3 +240,12 @@ def test_real_pretrained_model_quantized_and_served_by_the_daemon(
         assert [i["sha256"] for i in info if i["model"] == "textdir_int8"] == [report["sha256"]]
     finally:
         assert d.stop() == 0, d.logs()
+
+
+def test_the_printed_entry_is_valid_yaml_with_a_valid_name(tmp_path):
+    from inferd.tools.entry import entry_text, model_entry
+
+    entry = model_entry(tmp_path / "my model (v2).int8.onnx", "ab" * 32, preprocess={"resize": [64, 64]})
+    config = parse_config("models:\n" + entry_text(entry))
+    assert config.models[0].name == "my_model__v2_.int8" and config.models[0].preprocess.resize == (64, 64)
+    assert config.models[0].path == tmp_path / "my model (v2).int8.onnx"

@@ -68,7 +68,7 @@ def measure_accuracy(model: Model, classes: dict[str, list[Path]]) -> AccuracyRe
     mistakes: Counter[tuple[str, str]] = Counter()
     for folder, files in classes.items():
         truth = class_index(model, folder)
-        correct = 0
+        correct = ran = 0
         for path in files:
             try:
                 scores = model.infer(model.prepare(read_parts(path)))[output][0].ravel()
@@ -84,10 +84,10 @@ def measure_accuracy(model: Model, classes: dict[str, list[Path]]) -> AccuracyRe
             hits5 += truth in np.argsort(scores)[-5:]
             if best != truth:
                 mistakes[folder, names[best] if best < len(names) else str(best)] += 1
-            report.frames += 1
+            ran += 1
         hits1 += correct
-        run = len(files) - sum(1 for f in files if str(f) in report.failed)
-        report.per_class[folder] = {"frames": run, "top1": correct / run if run else None}
+        report.frames += ran
+        report.per_class[folder] = {"frames": ran, "top1": correct / ran if ran else None}
     if report.frames:
         report.top1 = hits1 / report.frames
         n_classes = model.backend.outputs[output].shape[-1] or 0

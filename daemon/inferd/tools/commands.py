@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
+from inferd.tools.entry import entry_text
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -115,7 +115,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"  note: {note}")
     print("model entry for the config (models:):")
-    print(yaml.safe_dump([report.entry], sort_keys=False, default_flow_style=None).rstrip())
+    print(entry_text(report.entry))
     return 0
 
 
@@ -156,7 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"  {r.exporter} exporter, opset {r.opset}, batch {'free' if r.dynamic_batch else 'fixed'}; "
         f"onnxruntime vs PyTorch (batch {batches}): max abs diff {r.max_abs_diff:.3g}"
     )
-    print("config entry (models:):")
+    print("model entry for the config (models:):")
     print(config_entry(r, args.name))
     return 0
 

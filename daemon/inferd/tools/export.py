@@ -25,6 +25,7 @@ from inferd.tools.checkpoint import (
     select_weights,
     unwrap,
 )
+from inferd.tools.entry import entry_text, model_entry
 from inferd.tools.onnx_export import check_written, flatten, last_line, to_onnx, verify
 from inferd.tools.source import load_factory, load_program, load_torchscript, sniff_kind
 
@@ -181,12 +182,7 @@ def load_into_program(program: Any, state_dict: dict[str, Any]) -> Matched:
 
 def config_entry(report: ExportReport, name: str | None = None) -> str:
     """A models: entry for inferd's config, ready to paste."""
-    name = name or "".join(c if c.isalnum() or c in "_.-" else "_" for c in report.out.stem) or "model"
-    lines = [
-        f"  - name: {name}",
-        f"    path: {report.out.resolve()}",
-        f"    sha256: {report.sha256}",
-    ]
-    if report.dynamic_batch:
-        lines.append("    # batching: {max_batch: 8, max_delay_ms: 2}   # the batch dimension is free")
-    return "\n".join(lines)
+    text = entry_text(model_entry(report.out, report.sha256, name))
+    if report.dynamic_batch:  # greedy batching: no wait, batches only what is already queued
+        text += "\n    # batching: {max_batch: 8, max_delay_ms: 0}   # the batch dimension is free"
+    return text

@@ -21,6 +21,7 @@ from inferd.config import ModelConfig, PreprocessConfig, load_config
 from inferd.errors import InferdError
 from inferd.models import Model, file_sha256, load_model, resolve_path
 from inferd.tools.accuracy import score_output
+from inferd.tools.entry import model_entry
 from inferd.tools.frames import frame_files, read_parts
 
 log = logging.getLogger("inferd.tools.quantize")
@@ -161,7 +162,7 @@ def quantize_model(
     finally:
         float_model.close()
     digest = file_sha256(out)
-    entry = {"name": out.name.split(".")[0], "path": str(out.resolve()), "sha256": digest, **recipe.entry}
+    entry = model_entry(out, digest, **recipe.entry)
     return QuantizeReport(
         str(source), str(out), digest, fmt, per_channel, activations, method, len(calib), agreement,
         {"float": source.stat().st_size, "quantized": out.stat().st_size}, latency, entry, notes,
