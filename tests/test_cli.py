@@ -69,4 +69,63 @@ def test_models_describes_a_file_and_measures_it():
     proc = inferd("models", str(MODELS / "classifier_float.onnx"))
     assert proc.returncode == 0 and "input  input" in proc.stdout and "latency: mean" in proc.stdout
     proc = inferd("models", str(MODELS / "labels.txt"))
-    assert proc.returncode == 1 and "cannot tell the runtime" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "inferd models: cannot tell the runtime from the extension '.txt' of "
+        f"'{MODELS / 'labels.txt'}'; give --runtime onnx or --runtime tflite"
+    )
+
+
+def test_models_pointed_at_a_config_says_so():
+    proc = inferd("models", str(EXAMPLES / "inferd.yaml"))
+    assert proc.returncode == 2 and "pydantic" not in proc.stderr
+    assert f"{EXAMPLES / 'inferd.yaml'} is a config file" in proc.stderr
+    assert f"inferd check -c {EXAMPLES / 'inferd.yaml'}" in proc.stderr
+
+
+def test_a_missing_model_is_reported_once_with_every_path_tried(write_config, tmp_path):
+    cfg = write_config("models:\n  - {name: a, path: nope/x.onnx}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "inferd", "run", "-c", str(cfg)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path.parent,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    expected = (
+        f"model 'a': model file nope/x.onnx not found: looked in the config file's folder "
+        f"({cfg.parent / 'nope/x.onnx'}), then the working directory ({tmp_path.parent / 'nope/x.onnx'})"
+    )
+    assert proc.stderr.count("nope/x.onnx not found") == 1 and expected in proc.stderr, proc.stderr
+
+
+def test_a_daemon_nobody_can_reach_is_warned_about(write_config):
+    cfg = write_config(
+        f"models:\n  - {{name: a, path: {MODELS / 'classifier_int8.onnx'}}}\nmetrics: {{listen: null}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferd", "run", "-c", str(cfg)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "no endpoints" in line or len(lines) > 50:
+                break
+        assert "WARNING" in lines[-1] and "nothing can send frames to this inferd" in lines[-1], lines
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+
+
+def test_demo_accounts_for_every_frame_it_sent():
+    import re
+
+    proc = inferd("demo", "--duration", "2", "--fps", "40")
+    assert proc.returncode == 0, proc.stderr
+    tail = proc.stdout[proc.stdout.index("inferd demo: 2 camera(s) sent") :]
+    m = re.match(r"inferd demo: 2 camera\(s\) sent (\d+) frames; each goes to 3 model\(s\): "
+                 r"(\d+) results expected, (\d+) received", tail)  # fmt: skip
+    assert m, tail
+    sent, expected, received = map(int, m.groups())
+    assert expected == 3 * sent and 0 < received <= expected
+    others = [int(n) for n in re.findall(r"^  (\d+) (?:dropped|answered|still)", tail, re.M)]
+    assert received + sum(others) == expected, tail

@@ -69,9 +69,7 @@ def onnx_session():
 
 
 def subscriber(daemon, topic=""):
-    sub = ResultSubscriber(daemon.results, topic)
-    time.sleep(0.3)  # the subscription must reach the PUB socket before results are sent
-    return sub
+    return ResultSubscriber(daemon.results, topic)  # returns once inferd has the subscription
 
 
 def test_raw_pyzmq_request_gets_the_runtimes_exact_output(daemon, onnx_session):
@@ -297,32 +295,91 @@ def test_send_command_prints_results(daemon, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["result"]["classes"]) == 3
     proc = run("--endpoint", daemon.router, "--model", "raw", str(tmp_path / "small.png"))
-    assert proc.returncode == 1 and "shape: frame is 48x48" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "shape: frame 48x48 but model 'raw' takes 64x64" in proc.stderr, (
+        proc.stderr
+    )
+
+
+def wait_received(d: DaemonProcess, n: int, timeout: float = 20.0) -> None:
+    """Until inferd has read `n` frames off its sockets (they are accepted: each is owed an answer)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = sum(v for (name, _), v in d.scrape().items() if name == "inferd_frames_received_total")
+        if got >= n:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"inferd received {got} of {n} frames")
+
+
+def collect_replies(sockets, n: int, timeout: float = 20.0) -> dict:
+    replies = {}
+    end = time.monotonic() + timeout
+    while len(replies) < n and time.monotonic() < end:
+        for s in sockets:
+            while s.poll(10):
+                _, head, *_ = s.recv_multipart()
+                h = json.loads(head)
+                replies[h["id"]] = h["status"] if h["status"] == "ok" else h["error"]["reason"]
+    return replies
 
 
 def test_sigterm_under_load_answers_every_accepted_request(tmp_path):
+    """Every request inferd read gets an answer, and more stop signals during the drain (systemd
+    before its SIGKILL, Ctrl-C twice) neither kill it nor cut the drain short: exit 0."""
     d = DaemonProcess(tmp_path, CONFIG)
     frame = RNG.standard_normal((1, 3, 224, 224)).astype(np.float32)
     sockets = [d.socket(zmq.DEALER, d.router) for _ in range(8)]
     for i, s in enumerate(sockets):
         for j in range(3):
             s.send_multipart([b"", raw_header(frame, model="slow", source=f"load{i}", id=f"{i}-{j}"), frame])
-    time.sleep(0.05)  # let the requests arrive
-    d.proc.send_signal(signal.SIGTERM)
-    replies = {}
-    end = time.monotonic() + 20
-    while len(replies) < 24 and time.monotonic() < end:
-        for s in sockets:
-            while s.poll(10):
-                _, head, *_ = s.recv_multipart()
-                h = json.loads(head)
-                replies[h["id"]] = h["status"] if h["status"] == "ok" else h["error"]["reason"]
+    wait_received(d, 24)
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGINT):
+        d.proc.send_signal(sig)
+    replies = collect_replies(sockets, 24)
     assert len(replies) == 24, (replies, d.logs())
     assert set(replies.values()) <= {"ok", "shutdown"}
     for s in sockets:
         s.close()
+    assert d.proc.wait(20) == 0, d.logs()
     assert d.stop() == 0
     assert "stopped" in d.logs()
+    assert not (tmp_path / "frames.sock").exists() and not (tmp_path / "results.sock").exists()
+
+
+def test_requests_arriving_while_draining_are_answered_shutdown(tmp_path):
+    """A stopping inferd still reads its sockets: what arrives then is answered at once, not lost."""
+    from tests.slow_model import build_slow_model, rows
+
+    slow = build_slow_model(tmp_path / "slowmo.onnx")
+    d = DaemonProcess(
+        tmp_path,
+        f"""
+models:
+  - {{name: raw, path: "{{models}}/classifier_int8.onnx", threads: 1}}
+  - {{name: slowmo, path: "{slow}", threads: 1, warmup: 0}}
+endpoints:
+  - {{type: router, bind: "{{router}}"}}
+metrics:
+  listen: "{{metrics}}"
+service: {{drain_timeout_s: 30}}
+""",
+    )
+    busy = d.socket(zmq.DEALER, d.router)
+    work = rows(400)  # over a second of inference: the drain lasts at least that long
+    busy.send_multipart([b"", raw_header(work, model="slowmo", source="busy", id="work"), work])
+    wait_received(d, 1)
+    d.proc.send_signal(signal.SIGTERM)
+    end = time.monotonic() + 10
+    while "stopping" not in d.logs() and time.monotonic() < end:
+        time.sleep(0.005)
+    time.sleep(0.2)  # well inside the drain, past the IO loop's last read of a running daemon
+    late = d.socket(zmq.DEALER, d.router)
+    for j in range(5):
+        late.send_multipart([b"", raw_header(TENSOR, model="raw", source="late", id=f"late{j}"), TENSOR])
+    assert collect_replies([late], 5) == {f"late{j}": "shutdown" for j in range(5)}, d.logs()
+    assert collect_replies([busy], 1, timeout=30) == {"work": "ok"}
+    assert d.proc.wait(30) == 0
+    d.stop()
 
 
 def test_a_slow_model_does_not_stall_the_others(daemon, onnx_session):
@@ -374,11 +431,12 @@ def test_the_documented_contract_config_works(tmp_path, monkeypatch, onnx_sessio
     try:
         result = InferClient(f"tcp://127.0.0.1:{router}").infer(TENSOR, model="classifier", source="cam0")
         np.testing.assert_array_equal(result.outputs[0], onnx_session.run(None, {"input": TENSOR})[0])
-        with ResultSubscriber(f"ipc://{tmp_path}/run/inferd/results.sock") as sub:
-            time.sleep(0.3)
-            with FramePublisher(f"ipc://{tmp_path}/run/inferd/frames.sock", source="cam0") as pub:
-                pub.send(TENSOR)
-                r = sub.recv(10)
+        with (
+            ResultSubscriber(f"ipc://{tmp_path}/run/inferd/results.sock") as sub,
+            FramePublisher(f"ipc://{tmp_path}/run/inferd/frames.sock", source="cam0") as pub,
+        ):
+            pub.send(TENSOR)
+            r = sub.recv(10)
         assert r.topic == "classifier/cam0" and r.ok
         np.testing.assert_array_equal(r.outputs[0], result.outputs[0])
     finally:
@@ -399,3 +457,29 @@ def test_bench_command_loads_the_daemon_and_reports(daemon):
     assert r["sources"] == 2 and r["frame"] == [64, 64, 3]
     assert 50 <= r["sent"] <= 70 and r["ok"] == r["sent"] and r["errors"] == {}
     assert 0 < r["p50_ms"] <= r["p99_ms"]
+
+
+def bench(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "inferd", "bench", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_bench_takes_a_config_and_rate_0_is_as_fast_as_answered(daemon):
+    proc = bench("-c", str(daemon.config_path), "--model", "raw", "--rate", "0", "--duration", "1",
+                 "--frame", "64x64x3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"{daemon.router}: 1 source(s) x as fast as answered, 64x64x3, 1 s: sent" in proc.stdout
+    assert "latency p50" in proc.stdout
+
+
+def test_bench_that_gets_nothing_served_says_why_and_fails(daemon):
+    proc = bench("--endpoint", daemon.router, "--model", "nope", "--duration", "0.5", "--frame", "64x64x3")
+    assert proc.returncode == 1
+    assert "nothing was served:" in proc.stderr
+    assert "unknown_model: " in proc.stderr and "'nope'" in proc.stderr
+    proc = bench("--endpoint", daemon.router, "--model", "raw", "--duration", "0.5", "--frame", "7x5x1")
+    assert proc.returncode == 1 and "shape: frame 5x7 has 1 channel; model 'raw' takes 3" in proc.stderr

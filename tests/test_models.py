@@ -62,7 +62,9 @@ def load_error(text: str, tmp_path: Path) -> str:
 
 
 def test_missing_empty_truncated_and_wrong_runtime_files(tmp_path):
-    assert "does not exist" in load_error("  - {name: m, path: nope.onnx}", tmp_path)
+    assert "nope.onnx not found: looked in the config file's folder" in load_error(
+        "  - {name: m, path: nope.onnx}", tmp_path
+    )
     (tmp_path / "empty.onnx").write_bytes(b"")
     assert "is empty" in load_error("  - {name: m, path: empty.onnx}", tmp_path)
     data = tiny_onnx(tmp_path / "t.onnx").read_bytes()
@@ -106,7 +108,7 @@ def test_required_and_optional_failures(tmp_path, write_config):
     )
     loaded, failed = load_models(cfg, base)
     assert list(loaded) == ["good"] and list(failed) == ["extra"]
-    assert "does not exist" in str(failed["extra"])
+    assert "missing.onnx not found" in str(failed["extra"])
 
 
 def test_runtime_messages_go_through_logging(tmp_path, caplog, capfd):

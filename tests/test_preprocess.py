@@ -122,9 +122,15 @@ def test_frames_that_do_not_fit_are_rejected_with_a_reason():
     with pytest.raises(FrameError) as e:
         pre(np.zeros((64, 64, 4), np.uint8))
     assert e.value.reason == "shape" and "4 channels" in str(e.value)
+    with pytest.raises(FrameError) as e:  # the message names the frame that was sent
+        pre(np.zeros((7, 5), np.uint8))
+    assert str(e.value) == "frame 7x5 has 1 channel; model 'm' takes 3"
+    with pytest.raises(FrameError) as e:
+        Preprocessor(PreprocessConfig(resize=[32, 32]), spec([1, 3, 64, 64]), "m")(camera_frame(48, 80))
+    assert "frame 48x80 is 32x32 after preprocessing" in str(e.value)
     with pytest.raises(FrameError) as e:
         pre(np.zeros((64, 64, 3), np.int16))
-    assert e.value.reason == "dtype"
+    assert e.value.reason == "dtype" and "64x64x3 int16" in str(e.value)
     with pytest.raises(FrameError) as e:
         Preprocessor(PreprocessConfig(center_crop=100), spec([1, 3, 100, 100]))(camera_frame(64, 64))
     assert e.value.reason == "shape" and "smaller than center_crop" in str(e.value)

@@ -234,10 +234,13 @@ security:
     d = DaemonProcess(tmp_path, config)
     try:
         good = ResultSubscriber(f"tcp://127.0.0.1:{port}", server_key=keys["server"], client_key=keys["good"])
+        with pytest.raises(RequestTimeout, match="CURVE"):  # the handshake is refused: nothing confirms
+            ResultSubscriber(
+                f"tcp://127.0.0.1:{port}", server_key=keys["server"], client_key=keys["stranger"], wait=1.0
+            )
         bad = ResultSubscriber(
-            f"tcp://127.0.0.1:{port}", server_key=keys["server"], client_key=keys["stranger"]
+            f"tcp://127.0.0.1:{port}", server_key=keys["server"], client_key=keys["stranger"], wait=None
         )
-        time.sleep(0.5)
         push = d.socket(zmq.PUSH, d.pull)
         push.send_multipart([raw_header(TENSOR, model="raw", source="cam0"), TENSOR])
         assert good.recv(10).ok

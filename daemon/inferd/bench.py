@@ -24,6 +24,7 @@ class Load:
     sent: int = 0
     ok: int = 0
     errors: Counter = field(default_factory=Counter)
+    messages: dict = field(default_factory=dict)  # reason -> the first message given for it
     latencies: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,10 +64,15 @@ def _source(ctx, endpoint, model, name, rate, duration, frame, load: Load, stop:
                         if sent_at is not None:
                             load.latencies.append(time.perf_counter() - sent_at)
                     else:
-                        load.errors[(h.get("error") or {}).get("reason", "?")] += 1
+                        err = h.get("error") or {}
+                        load.errors[err.get("reason", "?")] += 1
+                        load.messages.setdefault(err.get("reason", "?"), err.get("message", ""))
     if pending:
         with load.lock:
             load.errors["no_answer"] += len(pending)
+            load.messages.setdefault(
+                "no_answer", f"no answer from {endpoint} within 5 s of the end: is inferd running there?"
+            )
     sock.close()
 
 
@@ -102,7 +108,7 @@ def run_bench(
     result = {
         "sources": sources, "rate_per_source": rate, "duration_s": duration, "frame": list(shape),
         "sent": load.sent, "ok": load.ok, "throughput_fps": round(load.ok / elapsed, 1),
-        "errors": dict(load.errors),
+        "errors": dict(load.errors), "messages": load.messages,
         **({f"p{q}_ms": round(float(np.percentile(lat, q)), 3) for q in (50, 90, 99)} if lat.size else {}),
     }  # fmt: skip
     ctx.term()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from inferd import __version__
 from inferd.config import DEFAULT_PATH, ModelConfig, load_config
-from inferd.errors import InferdError
+from inferd.errors import InferdError, ModelLoadError
 
 CONFIG_HELP = f"config file (default {DEFAULT_PATH})"
 
@@ -108,11 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench", help="load a running daemon: N sources at a fixed rate; throughput, latency, drops"
     )
-    b.add_argument("--endpoint", required=True, help="a router endpoint, e.g. tcp://127.0.0.1:5555")
+    bg = b.add_mutually_exclusive_group(required=True)
+    bg.add_argument("-c", "--config", type=Path, help="use the first router endpoint of this config")
+    bg.add_argument("--endpoint", help="a router endpoint, e.g. tcp://127.0.0.1:5555")
     b.add_argument("--model", default=None, help="target model (default: the daemon's routes)")
     b.add_argument("--sources", type=int, default=1, help="concurrent sources (default 1)")
     b.add_argument(
-        "--rate", type=float, default=30.0, help="frames per second per source; 0 = as fast as possible"
+        "--rate",
+        type=float,
+        default=30.0,
+        help="frames per second per source (default 30); 0 = as fast as answered (one in flight each)",
     )
     b.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
     b.add_argument("--frame", default="640x480x3", help="WxHxC of the uint8 frames (default 640x480x3)")
@@ -149,9 +154,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     daemon = Daemon(config, base_dir, notifier=notifier, config_path=args.config)
     wake = threading.Event()
-    flags = {"stop": False, "reload": False}
+    flags = {"stop": False, "reload": False, "again": False}
 
     def on_signal(signum: int, _frame) -> None:
+        # A second SIGTERM/SIGINT (systemd before its SIGKILL, Ctrl-C twice) must not cut the
+        # drain short: it only sets the flag again. The drain is bounded by drain_timeout_s.
+        if signum != signal.SIGHUP and flags["stop"]:
+            flags["again"] = True
         flags["reload" if signum == signal.SIGHUP else "stop"] = True
         wake.set()
 
@@ -162,6 +171,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as e:
         notifier.status(f"failed to start: {e}")
         raise InferdError(str(e)) from None
+    except ModelLoadError as e:  # already logged, with every path tried: once is enough
+        notifier.status(f"failed to start: {e}")
+        return 1
     except InferdError as e:
         notifier.status(f"failed to start: {e}")
         raise
@@ -178,6 +190,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if watchdog:
         watchdog.stop()
     daemon.stop()
+    if flags["again"]:
+        logging.getLogger("inferd").info("stop signal received again while draining: ignored")
+    # Python restores the default handlers while the interpreter shuts down: a signal arriving
+    # then would kill an inferd that has already served everything (exit -15 instead of 0).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     if daemon.busy:  # an inference outlived the drain time; its reply was sent: do not wait for it
         logging.shutdown()
         os._exit(0)
@@ -245,20 +263,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"inferd bench: --frame {args.frame!r} is not WxHxC", file=sys.stderr)
         return 2
+    if args.rate < 0 or args.sources < 1 or args.duration <= 0:
+        print("inferd bench: --rate must be >= 0, --sources >= 1 and --duration > 0", file=sys.stderr)
+        return 2
+    endpoint = args.endpoint or router_endpoint(args.config)
     shape = (h, w, *c)
     say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
-    r = run_bench(args.endpoint, args.model, args.sources, args.rate, args.duration, shape, out=say)
+    r = run_bench(endpoint, args.model, args.sources, args.rate, args.duration, shape, out=say)
     if args.json:
         print(json.dumps(r, indent=2))
-        return 0
+        return 0 if r["ok"] else 1
+    pace = f"{r['rate_per_source']:g} fps" if args.rate else "as fast as answered"
     print(
-        f"{r['sources']} source(s) x {r['rate_per_source']:g} fps, {args.frame}, {r['duration_s']:g} s: "
+        f"{endpoint}: {r['sources']} source(s) x {pace}, {args.frame}, {r['duration_s']:g} s: "
         f"sent {r['sent']}, ok {r['ok']} ({r['throughput_fps']} fps)"
     )
     if "p50_ms" in r:
         print(f"latency p50 {r['p50_ms']} ms, p90 {r['p90_ms']} ms, p99 {r['p99_ms']} ms")
     if r["errors"]:
         print("not served: " + ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())))
+    if not r["ok"]:
+        print("nothing was served:", file=sys.stderr)
+        for reason, message in sorted(r["messages"].items()):
+            print(f"  {reason}: {message}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -419,18 +447,32 @@ def print_model(m: dict) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    import re
+
+    from pydantic import ValidationError
+
     from inferd.models import load_model
 
-    entry = {"name": args.path.stem.replace(" ", "_") or "model", "path": str(args.path), "warmup": 1}
+    if args.path.suffix.lower() in (".yaml", ".yml") and not args.runtime:
+        print(
+            f"inferd models: {args.path} is a config file; `inferd models` describes one model file "
+            f"(.onnx, .ort, .tflite). For every model of a config: inferd check -c {args.path}",
+            file=sys.stderr,
+        )
+        return 2
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", args.path.stem) or "model"
+    entry = {"name": name, "path": str(args.path), "warmup": 1}
     if args.runtime:
         entry["runtime"] = args.runtime
     if args.threads:
         entry["threads"] = args.threads
     try:
         cfg = ModelConfig.model_validate(entry)
-    except ValueError as e:
-        print(f"inferd models: {e}", file=sys.stderr)
-        return 1
+    except ValidationError as e:
+        msgs = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors(include_url=False))
+        msgs = msgs.replace("set runtime: onnx or runtime: tflite", "give --runtime onnx or --runtime tflite")
+        print(f"inferd models: {msgs}", file=sys.stderr)
+        return 2
     model = load_model(cfg, Path.cwd())
     info = model.describe()
     info["mean_latency_ms"], info["runs"] = measure(model, args.runs), args.runs

@@ -20,7 +20,7 @@ import numpy as np
 import zmq
 
 from inferd.errors import RequestError, RequestTimeout
-from inferd.protocol import VERSION, decode_tensors, encode_header
+from inferd.protocol import CONTROL, HELLO, VERSION, decode_tensors, encode_header
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 Key = str | bytes | Path
@@ -267,26 +267,65 @@ class FramePublisher:
 
 
 class ResultSubscriber:
-    """Reads results from inferd's `results` PUB socket; topics are "<model>/<source>" prefixes."""
+    """Reads results from inferd's `results` PUB socket; topics are "<model>/<source>" prefixes.
+
+    ZeroMQ drops what a publisher sends before a new subscription reaches it (the "slow
+    joiner"), so the constructor waits, up to `wait` seconds, until inferd confirms the
+    subscription is in place: results published after it returns are received. It raises
+    RequestTimeout when no inferd answers in time; `wait=None` connects without waiting (for a
+    subscriber that starts before the daemon and takes whatever comes).
+    """
 
     def __init__(
         self, endpoint: str, topics: list[str] | str = "", context: zmq.Context | None = None,
-        server_key: Key | None = None, client_key: Key | None = None,
+        server_key: Key | None = None, client_key: Key | None = None, wait: float | None = 5.0,
     ) -> None:  # fmt: skip
+        self.endpoint = endpoint
         self.ctx = context or zmq.Context.instance()
         self.socket = self.ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
-        use_curve(self.socket, server_key, client_key)
+        self.curve = use_curve(self.socket, server_key, client_key)
         for t in [topics] if isinstance(topics, str) else topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, t.encode())
         self.socket.connect(endpoint)
+        if wait is not None:
+            try:
+                self.wait_subscribed(wait)
+            except BaseException:
+                self.socket.close()
+                raise
+
+    def wait_subscribed(self, timeout: float = 5.0) -> None:
+        """Block until inferd has every topic subscribed so far (see docs/protocol.md, hello)."""
+        import os
+
+        hello = HELLO + os.urandom(8).hex().encode()
+        self.socket.setsockopt(zmq.SUBSCRIBE, hello)
+        end = time.monotonic() + timeout
+        try:
+            while (left := end - time.monotonic()) > 0:
+                if not self.socket.poll(left * 1000):
+                    break
+                if self.socket.recv_multipart()[0] == hello:
+                    return
+                # a result or another subscriber's hello: the subscription is not confirmed yet
+        finally:
+            self.socket.setsockopt(zmq.UNSUBSCRIBE, hello)
+        hint = " (CURVE: check the server and client keys)" if self.curve else ""
+        raise RequestTimeout(
+            f"inferd's results socket at {self.endpoint} did not confirm the subscription within "
+            f"{timeout:.3g} s: is inferd running with results.bind there?{hint}"
+        )
 
     def recv(self, timeout: float = 5.0) -> Result:
         """The next result (ok or error: check .ok). Raises RequestTimeout."""
-        if not self.socket.poll(timeout * 1000):
-            raise RequestTimeout(f"no result within {timeout:.3g} s")
-        topic, *parts = self.socket.recv_multipart(copy=False)
-        return parse_result(parts, topic.bytes.decode(errors="replace"))
+        end = time.monotonic() + timeout
+        while True:
+            if not self.socket.poll(max(0.0, end - time.monotonic()) * 1000):
+                raise RequestTimeout(f"no result within {timeout:.3g} s")
+            topic, *parts = self.socket.recv_multipart(copy=False)
+            if topic.bytes[:1] != CONTROL:  # "!hello/..." answers to subscribers: not results
+                return parse_result(parts, topic.bytes.decode(errors="replace"))
 
     def close(self) -> None:
         self.socket.close()

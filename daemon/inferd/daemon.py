@@ -133,6 +133,8 @@ class Daemon:
             "ready: %d model(s), %d endpoint(s), results on %s",
             len(self.models), len(self.config.endpoints), self.config.results.bind or "(none)",
         )  # fmt: skip
+        for problem in reachability_problems(self.config):
+            log.warning("%s", problem)
 
     def start_auth(self) -> None:
         """The ZAP authenticator thread (CURVE keys and address allowlists)."""
@@ -363,6 +365,22 @@ class Daemon:
     def busy(self) -> bool:
         """True when a worker is still inside an inference (after stop: exit without cleanup)."""
         return any(w.is_alive() for w in self.all_workers())
+
+
+def reachability_problems(config: Config) -> list[str]:
+    """What makes a config that loads fine useless: no way in, or streamed results with no way out."""
+    if not config.endpoints:
+        return [
+            "no endpoints: nothing can send frames to this inferd; add an `endpoints:` list "
+            "(router for requests, pull or sub for streams; see examples/inferd.yaml)"
+        ]
+    streams = [ep.type for ep in config.endpoints if ep.type in ("pull", "sub")]
+    if streams and not config.results.bind:
+        return [
+            f"{streams[0]} endpoint(s) but no results.bind: results of streamed frames are published "
+            "nowhere (only router requests get answers); set results.bind"
+        ]
+    return []
 
 
 def needs_auth(config: Config) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 import threading
@@ -44,15 +45,17 @@ class Camera(threading.Thread):
         self.strip = np.stack(
             [127 + 120 * np.sin(xx * base[c] + yy * base[(c + 1) % 3] + phase[c]) for c in range(3)], axis=2
         ).astype(np.uint8)
-        self.sent = 0
+        self.sent = self.unsent = 0
 
     def run(self) -> None:
         with FramePublisher(self.endpoint, source=self.source) as pub:
             period, t_next, x = 1.0 / self.fps, time.monotonic(), 0
             while not self.stop.is_set():
                 frame = np.ascontiguousarray(self.strip[:, x : x + 640])
-                pub.send(frame, block=False)
-                self.sent += 1
+                if pub.send(frame, block=False):
+                    self.sent += 1
+                else:
+                    self.unsent += 1  # inferd had not taken the previous frames yet
                 x = (x + 7) % 640
                 t_next += period
                 self.stop.wait(max(0.0, t_next - time.monotonic()))
@@ -85,8 +88,7 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
     out(f"  results: {results_addr}   metrics: http://127.0.0.1:{metrics_port}/metrics")
     out(f"  {sources} synthetic camera(s) at {fps:g} fps, 640x480 RGB; Ctrl-C to stop")
     stop = threading.Event()
-    sub = ResultSubscriber(results_addr)
-    time.sleep(0.2)  # let the subscription reach the publisher
+    sub = ResultSubscriber(results_addr)  # returns once inferd has the subscription
     cams = [Camera(frames_addr, f"cam{i}", fps, stop, seed=i) for i in range(sources)]
     for c in cams:
         c.start()
@@ -95,22 +97,23 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
     errors: dict[str, int] = defaultdict(int)
     start = last_print = time.monotonic()
     served = 0
+
+    def take(r, now: float) -> None:
+        nonlocal served
+        if r.ok:
+            served += 1
+            stats[(r.model, r.source)].append((now, r.timings.get("total_ms", 0.0)))
+            if r.classes:
+                c = r.classes[0]
+                top[(r.model, r.source)] = f"{c['label'] or c['index']} {c['score']:.2f}"
+        else:
+            errors[r.reason or "?"] += 1
+
     try:
         while duration is None or time.monotonic() - start < duration:
-            try:
-                r = sub.recv(timeout=0.5)
-            except RequestTimeout:
-                r = None
+            with contextlib.suppress(RequestTimeout):
+                take(sub.recv(timeout=0.5), time.monotonic())
             now = time.monotonic()
-            if r is not None:
-                if r.ok:
-                    served += 1
-                    stats[(r.model, r.source)].append((now, r.timings.get("total_ms", 0.0)))
-                    if r.classes:
-                        c = r.classes[0]
-                        top[(r.model, r.source)] = f"{c['label'] or c['index']} {c['score']:.2f}"
-                else:
-                    errors[r.reason or "?"] += 1
             if now - last_print >= 1.0:
                 last_print = now
                 out(f"--- {now - start:5.1f} s  results {served}  errors {dict(errors) or 0}")
@@ -127,8 +130,57 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
         stop.set()
         for c in cams:
             c.join(2)
+        daemon.stop(drain_timeout=2.0)  # serves what is queued: its results are still counted
+        try:
+            while True:
+                take(sub.recv(timeout=0.2), time.monotonic())
+        except RequestTimeout:
+            pass
         sub.close()
-        daemon.stop(drain_timeout=2.0)
         tmp.cleanup()
-    out(f"inferd demo: {served} results from {sum(c.sent for c in cams)} frames sent")
+    fanout = {
+        c.source: len(set(daemon.transport.dispatcher.route(c.source)) & set(daemon.models)) for c in cams
+    }
+    out(summary(cams, fanout, served, dict(errors), counts(daemon, "inferd_frames_dropped")))
     return 0 if served else 1
+
+
+def counts(daemon: Daemon, family: str) -> dict[str, int]:
+    """A counter of the daemon's registry summed by reason (e.g. drops)."""
+    out: dict[str, int] = {}
+    for fam in daemon.metrics.registry.collect():
+        if fam.name == family:
+            for s in fam.samples:
+                if s.name.endswith("_total") and s.value:
+                    out[s.labels["reason"]] = out.get(s.labels["reason"], 0) + int(s.value)
+    return out
+
+
+WHY = {
+    "queue_full": "a newer frame from the same camera replaced it (the `latest` policy: fresh frames first)",
+    "stale": "older than max_age_ms when its turn came",
+    "deadline": "past its deadline",
+    "shutdown": "still queued when the demo stopped",
+}
+
+
+def summary(cams: list[Camera], fanout: dict[str, int], served: int, errors: dict, dropped: dict) -> str:
+    """The final count, explained: every result asked for is received, dropped (why) or in flight."""
+    sent = sum(c.sent for c in cams)
+    asked = sum(c.sent * fanout[c.source] for c in cams)
+    lines = [
+        f"inferd demo: {len(cams)} camera(s) sent {sent} frames; each goes to "
+        f"{'/'.join(sorted({str(n) for n in fanout.values()}))} model(s): {asked} results expected, "
+        f"{served} received"
+    ]
+    for reason, n in sorted(dropped.items()):
+        lines.append(f"  {n} dropped ({reason}): {WHY.get(reason, reason)}")
+    for reason, n in sorted(errors.items()):
+        lines.append(f"  {n} answered with an error ({reason})")
+    rest = asked - served - sum(dropped.values()) - sum(errors.values())
+    if rest > 0:
+        lines.append(f"  {rest} still on their way (in ZeroMQ queues) when the demo stopped")
+    unsent = sum(c.unsent for c in cams)
+    if unsent:
+        lines.append(f"  {unsent} frames not sent: inferd had not yet taken the camera's previous frames")
+    return "\n".join(lines)

@@ -23,14 +23,27 @@ from inferd.preprocess import Preprocessor
 log = logging.getLogger("inferd.models")
 
 
-def resolve_path(path: Path, base_dir: Path) -> Path:
-    """Relative paths: against the config file's folder first, then the working directory."""
+def candidate_paths(path: Path, base_dir: Path) -> list[Path]:
+    """Where a configured path is looked for: the config file's folder, then the working directory."""
     if path.is_absolute():
-        return path
-    first = base_dir / path
-    if not first.exists() and (Path.cwd() / path).exists():
-        return Path.cwd() / path
-    return first
+        return [path]
+    return list(dict.fromkeys([base_dir / path, Path.cwd() / path]))
+
+
+def resolve_path(path: Path, base_dir: Path) -> Path:
+    """The first of `candidate_paths` that exists (the first one when none does)."""
+    tried = candidate_paths(path, base_dir)
+    return next((p for p in tried if p.exists()), tried[0])
+
+
+def not_found(what: str, path: Path, base_dir: Path) -> str:
+    tried = candidate_paths(path, base_dir)
+    if len(tried) == 1:
+        return f"{what} {tried[0]} does not exist"
+    return (
+        f"{what} {path} not found: looked in the config file's folder ({tried[0]}), "
+        f"then the working directory ({tried[1]})"
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -180,6 +193,8 @@ def load_model(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning")
     """Check the file, load it in its runtime, build pre/postprocessing, warm it up."""
     t0 = time.perf_counter()
     path = resolve_path(cfg.path, base_dir)
+    if not path.exists():
+        raise ModelLoadError(cfg.name, not_found("model file", cfg.path, base_dir))
     check_model_file(cfg, path)
     digest = file_sha256(path)
     if cfg.sha256 and digest.lower() != cfg.sha256.lower():
@@ -259,6 +274,8 @@ def read_labels(cfg: ModelConfig, base_dir: Path) -> list[str] | None:
     if cfg.labels is None:
         return None
     path = resolve_path(cfg.labels, base_dir)
+    if not path.exists():
+        raise ConfigError(f"model {cfg.name!r}: {not_found('labels file', cfg.labels, base_dir)}")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
@@ -291,8 +308,8 @@ def log_failure(cfg: ModelConfig, error: ModelLoadError) -> None:
 def load_models(
     config: Config, base_dir: Path, on_loading: Callable[[ModelConfig], None] | None = None
 ) -> tuple[dict[str, Model], dict[str, ModelLoadError]]:
-    """Load every model (one instance each). Failures are returned, not raised: the caller
-    knows which are required."""
+    """Load every model (one instance each). Failures are returned, not raised or logged: the
+    caller knows which are required and reports them."""
     loaded: dict[str, Model] = {}
     failed: dict[str, ModelLoadError] = {}
     for cfg in config.models:
@@ -301,6 +318,5 @@ def load_models(
         try:
             loaded[cfg.name] = load_model(cfg, base_dir, config.logging.runtime_level)
         except ModelLoadError as e:
-            log_failure(cfg, e)
             failed[cfg.name] = e
     return loaded, failed

@@ -127,11 +127,17 @@ class Preprocessor:
     def _image(self, frame: np.ndarray) -> np.ndarray:
         cfg = self.cfg
         if frame.dtype not in _IMAGE_DTYPES:
-            raise FrameError("dtype", f"image frames must be uint8 or float32, got {frame.dtype}")
+            raise FrameError(
+                "dtype",
+                f"image frames must be uint8 or float32, got frame {shape_text(frame.shape)} {frame.dtype}",
+            )
         img = frame[:, :, None] if frame.ndim == 2 else frame
         if img.shape[2] != self.channels:
+            n = img.shape[2]
             raise FrameError(
-                "shape", f"frame has {img.shape[2]} channels, model {self.model!r} takes {self.channels}"
+                "shape",
+                f"frame {img.shape[0]}x{img.shape[1]} has {n} channel{'s' if n != 1 else ''}; "
+                f"model {self.model!r} takes {self.channels}",
             )
         if cfg.resize is not None:
             img = resize(img, cfg.resize, cfg.interpolation)
@@ -139,10 +145,13 @@ class Preprocessor:
             img = center_crop(img, cfg.center_crop)
         h, w = img.shape[:2]
         if (self.height not in (None, h)) or (self.width not in (None, w)):
+            sent = f"frame {frame.shape[0]}x{frame.shape[1]}"
+            if (h, w) != frame.shape[:2]:
+                sent += f" is {h}x{w} after preprocessing"
             raise FrameError(
                 "shape",
-                f"frame is {h}x{w} after preprocessing but model {self.model!r} takes "
-                f"{shape_text((self.height, self.width))}; send frames of that size or set preprocess.resize",
+                f"{sent} but model {self.model!r} takes {shape_text((self.height, self.width))}; "
+                "send frames of that size or set preprocess.resize",
             )
         if cfg.frame_color != cfg.color and img.shape[2] >= 3:
             img = img[:, :, [2, 1, 0, *range(3, img.shape[2])]]

@@ -21,6 +21,7 @@ from inferd.config import Config, EndpointConfig, ResultsConfig
 from inferd.errors import FrameError
 from inferd.pipeline import Frame
 from inferd.protocol import decode_header, decode_payload
+from inferd.publisher import answer_hellos, bind_results, unlink_ipc
 from inferd.replies import OUTBOX, REPLY, Replies
 from inferd.security import load_secret, secure_ipc
 
@@ -89,7 +90,9 @@ class Transport:
         with self.replies.pub_lock:
             old, self.replies.pub = self.replies.pub, sock
             if old is not None:
+                address = old.last_endpoint.decode()
                 old.close(linger=linger)
+                unlink_ipc(address)
 
     def _add(self, cfg: EndpointConfig) -> Endpoint:
         self._next_id = self._next_id % 65535 + 1
@@ -97,18 +100,15 @@ class Transport:
         return ep
 
     def _publisher(self, res: ResultsConfig) -> zmq.Socket:
-        pub = self.ctx.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, res.sndhwm)
-        pub.setsockopt(zmq.LINGER, 1000)
-        if res.curve or res.allow_ips is not None:
-            self._secure(pub, res, "results")
+        secure = (
+            (lambda s: self._secure(s, res, "results")) if res.curve or res.allow_ips is not None else None
+        )
         try:
             ensure_ipc_dir(res.bind)
-            pub.bind(res.bind)
+            pub = bind_results(self.ctx, res.bind, res.sndhwm, secure)
             ipc = self.config.security.ipc
             secure_ipc(res.bind, ipc.mode, ipc.group)
         except (zmq.ZMQError, OSError) as e:
-            pub.close(linger=0)
             raise OSError(f"results {res.bind}: {e}") from None
         return pub
 
@@ -209,6 +209,7 @@ class Transport:
         for e in removed:
             if e not in early:
                 e.sock.close(linger=0)
+                unlink_ipc(e.cfg.bind)
             self._pending.pop(e.id, None)
             del self.endpoints[e.id]
         if config.results != self.config.results:
@@ -236,12 +237,9 @@ class Transport:
             self.last_loop = now = time.monotonic()
             while not self._calls.empty():
                 self._calls.get()()
-            # endpoints with a frame waiting for room in a fifo queue are not read (backpressure)
-            want = (
-                {i: e.sock for i, e in self.endpoints.items() if i not in self._pending}
-                if self.accepting.is_set()
-                else {}
-            )
+            # endpoints with a frame waiting for room in a fifo queue are not read (backpressure);
+            # while stopping every endpoint is read, and what arrives is answered `shutdown`
+            want = {i: e.sock for i, e in self.endpoints.items() if i not in self._pending}
             for i, sock in polled.items():
                 if want.get(i) is not sock:
                     with contextlib.suppress(KeyError, zmq.ZMQError):
@@ -261,10 +259,28 @@ class Transport:
             if now - last_sweep >= SWEEP_S:
                 last_sweep = now
                 self.dispatcher.expire()
+                answer_hellos(self.replies.pub, self.replies.pub_lock)
         while not self._calls.empty():
             self._calls.get()()
+        self._answer_late()
         self.replies.release()
         self._flush_outbox()
+
+    def _answer_late(self, quiet: float = 0.05, limit: float = 1.0) -> None:
+        """At stop: answer (`shutdown`) what reached the sockets since they were last read, until
+        they stay quiet for `quiet` s, so no request that reached inferd goes unanswered."""
+        poller = zmq.Poller()
+        for e in self.endpoints.values():
+            poller.register(e.sock, zmq.POLLIN)
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            events = dict(poller.poll(quiet * 1000))
+            if not events:
+                return
+            for e in list(self.endpoints.values()):
+                if e.sock in events:
+                    self._receive(e)
+            self._forward()
 
     def _receive(self, ep: Endpoint, budget: int = 64) -> None:
         """Read up to `budget` messages from one endpoint without blocking (fair across endpoints)."""
@@ -329,6 +345,9 @@ class Transport:
         except FrameError as e:
             self.replies.reject(frame, header.models[0] if header.models else "", e.reason, str(e))
             return
+        if not self.accepting.is_set():  # stopping: answer now instead of leaving it unread
+            self.replies.drop(frame, header.models[0] if header.models else "", "shutdown")
+            return
         pending = self.dispatcher.submit(frame, router=cfg.type == "router")
         if pending:
             self._pending[ep.id] = (frame, pending)
@@ -365,7 +384,7 @@ class Transport:
             self._forward()
 
     def stop_accepting(self) -> None:
-        """Stop reading ingest sockets (frames already queued are still served)."""
+        """Take no new frames: queued ones are still served, new ones answered `shutdown`."""
         self.accepting.clear()
 
     def close(self) -> None:
@@ -374,6 +393,7 @@ class Transport:
     def close_sockets(self) -> None:
         for ep in self.endpoints.values():
             ep.sock.close(linger=0)
+            unlink_ipc(ep.cfg.bind)
         self.endpoints.clear()
         self.set_pub(None)
         if self.outbox is not None:

@@ -172,7 +172,7 @@ def test_calibration_in_chunks_keeps_the_range_of_every_chunk(tmp_path):
 
 def test_bad_inputs_get_precise_errors(tmp_path, camera_frames):
     out = tmp_path / "q.onnx"
-    with pytest.raises(QuantizeError, match=r"/\d{3}\.png: frame is .*--preprocess-from"):
+    with pytest.raises(QuantizeError, match=r"/\d{3}\.png: frame 80x120 but .*--preprocess-from"):
         quantize_model(FLOAT, out, camera_frames)  # 96x96 pixels, the model takes 3x64x64 floats
     empty = tmp_path / "empty"
     empty.mkdir()
