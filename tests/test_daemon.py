@@ -115,6 +115,35 @@ def test_push_frames_results_on_pub_with_model_source_topics(daemon):
     assert results[0].classes == expected and results[5].classes == expected  # PNG is lossless
 
 
+def test_a_new_subscriber_gets_the_first_result_every_time(daemon):
+    """The README's streaming example, 20 times: subscribe, send one frame, receive its result.
+    ZeroMQ's slow joiner lost it about 8 times in 20 before the subscriber waited for inferd's hello."""
+    got = 0
+    for i in range(20):
+        with (
+            ResultSubscriber(daemon.results, f"raw/joiner{i}") as sub,
+            FramePublisher(daemon.pull, source=f"joiner{i}") as pub,
+        ):
+            pub.send(TENSOR, model="raw")
+            got += sub.recv(10).ok
+    assert got == 20
+
+
+def test_hellos_are_control_messages_that_result_readers_skip(daemon):
+    everything = daemon.socket(zmq.SUB, daemon.results, SUBSCRIBE=b"")
+    with subscriber(daemon) as sub:  # all topics: its hello reaches `everything` too
+        assert everything.poll(5000)
+        topic, body = everything.recv_multipart()
+        assert topic.startswith(b"!hello/") and json.loads(body)["status"] == "hello"
+        with subscriber(daemon, "raw/other"), FramePublisher(daemon.pull, source="hello-test") as pub:
+            pub.send(TENSOR, model="raw")  # `sub` has the other subscriber's hello before this result
+            r = sub.recv(10)
+        assert r.topic == "raw/hello-test" and r.ok
+    with pytest.raises(RequestTimeout, match="did not confirm the subscription"):
+        ResultSubscriber(f"ipc://{daemon.tmp}/nobody.sock", wait=0.5)
+    everything.close()
+
+
 def test_sub_endpoint_reads_a_camera_publisher(daemon):
     frame = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     with (
