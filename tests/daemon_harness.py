@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 class DaemonProcess:
-    def __init__(self, tmp: Path, config: str) -> None:
+    def __init__(self, tmp: Path, config: str, env: dict | None = None) -> None:
         self.tmp = tmp
         self.router = f"tcp://127.0.0.1:{free_port()}"
         self.metrics_port = free_port()
@@ -40,7 +40,9 @@ class DaemonProcess:
         self.config_path = tmp / "inferd.yaml"
         self.config_path.write_text(text)
         self.log = open(tmp / "inferd.log", "w+")  # noqa: SIM115
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = {
+            k: v for k, v in dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})).items() if v is not None
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inferd", "run", "-c", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,

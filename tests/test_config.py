@@ -94,3 +94,28 @@ def test_load_config_missing_file_and_base_dir(tmp_path: Path):
     path.write_text("models:\n  - {name: a, path: a.onnx}\n")
     cfg, base = load_config(path)
     assert base == path.parent.resolve() and cfg.models[0].name == "a"
+
+
+def test_errors_at_every_depth_are_reported_together():
+    """A top-level unknown key used to hide a nested typo until it was fixed."""
+    text = errors_of(
+        """
+models:
+  - name: a
+    path: m.onnx
+    runtime: {type: onnx, graph_optimisation: all}
+    preprocess: {mean: [0.5, 0.5]}
+    postprocess: {type: classify, tpo_k: 3}
+sources:
+  - {match: "cam*", polcy: fifo}
+bogus: 1
+"""
+    )
+    assert text.splitlines()[0] == "site.yaml: 5 error(s) in the config"
+    assert "models[0].runtime: unknown key 'graph_optimisation' (did you mean 'graph_optimization'?)" in text
+    assert "models[0].preprocess.mean: needs 1, 3 or 4 values" in text
+    assert (
+        "models[0].postprocess: unknown key 'tpo_k' (did you mean 'top_k'?); allowed keys: min_score," in text
+    )
+    assert "sources[0]: unknown key 'polcy' (did you mean 'policy'?)" in text
+    assert "(top level): unknown key 'bogus'; allowed keys: endpoints, logging," in text

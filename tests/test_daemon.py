@@ -512,3 +512,26 @@ def test_bench_that_gets_nothing_served_says_why_and_fails(daemon):
     assert "unknown_model: " in proc.stderr and "'nope'" in proc.stderr
     proc = bench("--endpoint", daemon.router, "--model", "raw", "--duration", "0.5", "--frame", "7x5x1")
     assert proc.returncode == 1 and "shape: frame 5x7 has 1 channel; model 'raw' takes 3" in proc.stderr
+
+
+def test_the_daemon_writes_nothing_to_its_home(tmp_path):
+    """Under systemd HOME is the state directory (/var/lib/inferd, on the SD card): start, inference
+    on both runtimes and a reload leave nothing there (onnxruntime's telemetry wrote a device id and
+    a 750 kB event store under ~/.cache/Microsoft before inferd set ORT_DISABLE_TELEMETRY)."""
+    state, run = tmp_path / "state", tmp_path / "run"
+    state.mkdir()
+    run.mkdir()
+    env = {"HOME": str(state), "XDG_CACHE_HOME": None, "ORT_DISABLE_TELEMETRY": None}
+    d = DaemonProcess(run, CONFIG, env=env)
+    try:
+        with InferClient(d.router) as client:
+            assert client.infer(TENSOR, model="raw").ok
+            assert client.infer(np.zeros((64, 64, 3), np.uint8), model="cls").ok
+        d.proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 20
+        while "reloaded" not in d.logs() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert "reloaded" in d.logs()
+    finally:
+        assert d.stop() == 0
+    assert [p for p in state.rglob("*")] == []

@@ -346,21 +346,35 @@ def test_journal_lines_carry_syslog_priorities(tmp_path, slow_path):
     assert not any(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in lines)  # no own timestamps
 
 
-def test_reload_command_signals_the_daemon(tmp_path, slow_path):
-    d = start(tmp_path, {}, slow=slow_path)
+def reload_command(pid: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inferd", "reload", "--pid", str(pid), "--timeout", "30"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_reload_command_waits_for_the_verdict_and_fails_with_the_reason(tmp_path, slow_path):
+    """`systemctl reload` runs `inferd reload --pid $MAINPID`: its exit code is the reload's."""
+    run = tmp_path / "run"
+    run.mkdir()
+    d = start(tmp_path, {"RUNTIME_DIRECTORY": str(run)}, slow=slow_path)
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "inferd", "reload", "--pid", str(d.proc.pid)],
-            capture_output=True,
-            text=True,
-        )
+        proc = reload_command(d.proc.pid)
         assert proc.returncode == 0, proc.stderr
-        end = time.monotonic() + 20
-        while "reloaded:" not in d.logs() and time.monotonic() < end:
-            time.sleep(0.05)
-        assert "reloaded: serving 2 model(s)" in d.logs()
+        assert proc.stdout.strip() == f"inferd (pid {d.proc.pid}) reloaded: serving 2 model(s)"
+        assert (run / f"inferd-{d.proc.pid}.reload.json").exists()  # in $RUNTIME_DIRECTORY
+        good = d.config_path.read_text()
+        d.config_path.write_text(good + "bogus_key: 1\n")
+        proc = reload_command(d.proc.pid)
+        assert proc.returncode == 1
+        assert "inferd reload: failed:" in proc.stderr and "unknown key 'bogus_key'" in proc.stderr
+        assert "still serving the previous config" in proc.stderr
+        assert InferClient(d.router).infer(TENSOR, model="raw").ok  # still serving
+        d.config_path.write_text(good)
+        assert reload_command(d.proc.pid).returncode == 0  # the verdict is this reload's, not the last
     finally:
         assert d.stop() == 0
+    assert list(run.iterdir()) == []  # the verdict file goes with the daemon
 
 
 UNIT = ROOT / "systemd" / "inferd.service"

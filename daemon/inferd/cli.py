@@ -16,6 +16,10 @@ CONFIG_HELP = f"config file (default {DEFAULT_PATH})"
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # before anything imports onnxruntime: no device id and telemetry store in ~/.cache (backends/onnx.py)
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -65,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rl = sub.add_parser("reload", help="make a running daemon re-read its config (SIGHUP)")
     rl.add_argument("--pid", type=int, help="the daemon's PID (default: find the one 'inferd run')")
+    rl.add_argument(
+        "--timeout", type=float, default=80.0,
+        help="seconds to wait for the daemon's verdict (default 80; systemd allows TimeoutStartSec=90)",
+    )  # fmt: skip
+    rl.add_argument("--no-wait", action="store_true", help="send SIGHUP and return without the verdict")
     rl.set_defaults(func=cmd_reload)
 
     k = sub.add_parser("keys", help="CURVE keys for tcp endpoints")
@@ -203,8 +212,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP, then wait for the daemon's verdict: exit 1 with the reason when the new config did
+    not take effect (systemd's ExecReload runs this, so `systemctl reload` fails too)."""
     import os
     import signal
+
+    from inferd.service import read_reload_status, reload_status_path
 
     pids = [args.pid] if args.pid else running_daemons()
     if not pids:
@@ -215,13 +228,48 @@ def cmd_reload(args: argparse.Namespace) -> int:
             f"inferd reload: several daemons run ({', '.join(map(str, pids))}): give --pid", file=sys.stderr
         )
         return 1
+    pid = pids[0]
+    status = reload_status_path(pid, runtime_dir_of(pid))
+    sent = time.monotonic()
     try:
-        os.kill(pids[0], signal.SIGHUP)
+        os.kill(pid, signal.SIGHUP)
     except OSError as e:
-        print(f"inferd reload: cannot signal {pids[0]}: {e.strerror}", file=sys.stderr)
+        print(f"inferd reload: cannot signal {pid}: {e.strerror}", file=sys.stderr)
         return 1
-    print(f"sent SIGHUP to inferd (pid {pids[0]}); the journal or log says how the reload went")
-    return 0
+    if args.no_wait:
+        print(f"sent SIGHUP to inferd (pid {pid}); the journal or log says how the reload went")
+        return 0
+    end = sent + args.timeout
+    while time.monotonic() < end:
+        verdict = read_reload_status(status)
+        if verdict and verdict.get("pid") == pid and verdict.get("started", 0) >= sent:
+            if verdict.get("ok"):
+                print(f"inferd (pid {pid}) reloaded: {verdict.get('message')}")
+                return 0
+            print(f"inferd reload: failed: {verdict.get('message')}", file=sys.stderr)
+            return 1
+        if not os.path.exists(f"/proc/{pid}"):
+            print(f"inferd reload: inferd (pid {pid}) exited during the reload", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(
+        f"inferd reload: no verdict from inferd (pid {pid}) within {args.timeout:g} s "
+        f"(looked for {status}); it may still be loading models: see its log",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def runtime_dir_of(pid: int) -> str | None:
+    """The daemon's $RUNTIME_DIRECTORY (where it writes reload verdicts), read from /proc."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for item in f.read().split(b"\0"):
+                if item.startswith(b"RUNTIME_DIRECTORY="):
+                    return item.split(b"=", 1)[1].decode()
+    except OSError:
+        pass
+    return None
 
 
 def running_daemons() -> list[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from inferd.pipeline import ModelQueue, SourcePolicies, Worker
 from inferd.replies import Replies
 from inferd.routing import Dispatcher
 from inferd.security import Authenticator
-from inferd.service import Notifier
+from inferd.service import Notifier, reload_status_path, write_reload_status
 from inferd.transport import Transport
 
 log = logging.getLogger("inferd")
@@ -55,6 +56,7 @@ class Daemon:
         self._stopped = False
         self._retiring: list[threading.Thread] = []
         self._reload_lock = threading.Lock()
+        self.status_path = reload_status_path(os.getpid())  # each reload's verdict, for `inferd reload`
         self.auth: Authenticator | None = None
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
 
@@ -153,6 +155,7 @@ class Daemon:
         """
         path = path or self.config_path
         with self._reload_lock:
+            started = time.monotonic()
             self.notifier.reloading()
             log.info("reloading %s", path)
             try:
@@ -160,9 +163,13 @@ class Daemon:
             except (InferdError, OSError, TimeoutError) as e:
                 log.error("reload failed, still serving the previous config: %s", e)
                 self.metrics.config_reloads.labels("failed").inc()
+                write_reload_status(
+                    self.status_path, started, False, f"{e}; still serving the previous config"
+                )
                 self.notifier.ready(f"{self.status_line()}; last reload failed")
                 return False
             self.metrics.config_reloads.labels("ok").inc()
+            write_reload_status(self.status_path, started, True, self.status_line())
             self.notifier.ready(self.status_line())
             log.info("reloaded: %s", self.status_line())
             return True
@@ -349,6 +356,7 @@ class Daemon:
             self.http = None
         if self.auth is not None:
             self.auth.stop()
+        self.status_path.unlink(missing_ok=True)
         for t in self._retiring:
             t.join(max(0.0, deadline - time.monotonic()))
         busy = {w.model.name for w in self.all_workers() if w.is_alive()}

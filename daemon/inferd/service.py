@@ -6,11 +6,14 @@ No libsystemd on the board: the notify protocol is one datagram on an AF_UNIX so
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 log = logging.getLogger("inferd.service")
 
@@ -120,3 +123,28 @@ class Watchdog:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(self.interval + 1)
+
+
+def reload_status_path(pid: int, runtime_dir: str | None = None) -> Path:
+    """Where daemon `pid` writes the verdict of each reload: $RUNTIME_DIRECTORY (/run/inferd under
+    systemd, visible to `systemctl reload`'s ExecReload and to a shell) or the temp folder."""
+    folder = runtime_dir if runtime_dir is not None else os.environ.get("RUNTIME_DIRECTORY")
+    return Path(folder.split(":")[0] if folder else tempfile.gettempdir()) / f"inferd-{pid}.reload.json"
+
+
+def write_reload_status(path: Path, started: float, ok: bool, message: str) -> None:
+    """Atomically replace the verdict file (`started`: time.monotonic() when the reload began)."""
+    body = {"pid": os.getpid(), "started": started, "ok": ok, "message": message}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write the reload status %s: %s", path, e.strerror)
+
+
+def read_reload_status(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -197,6 +197,26 @@ def test_systemctl_reload_swaps_a_model_without_losing_a_frame(guest, service, r
         service.restore()
 
 
+def test_a_failed_reload_fails_systemctl_reload_and_keeps_serving(guest, service, infer):
+    """Fleet tooling reads `systemctl reload`'s exit code: ExecReload (`inferd reload`) waits for
+    the daemon's verdict. The state directory stays empty of runtime droppings meanwhile."""
+    pid = service.main_pid()
+    service.write_config(TEST_CONFIG + "bogus_key: 1\n")
+    try:
+        proc = guest.ssh("systemctl reload inferd", check=False, timeout=240)
+        assert proc.returncode != 0, proc
+        journal = service.journal(lines=60)
+        assert "inferd reload: failed:" in journal and "unknown key 'bogus_key'" in journal, journal
+        state = service.wait_active(timeout=60)
+        assert state["ActiveState"] == "active" and service.main_pid() == pid  # never restarted
+        assert infer(frames(1, seed=31)[0], model="tflite").ok  # still serving the old config
+    finally:
+        service.restore()
+    service.reload()  # the good config again: systemctl reload succeeds
+    leftovers = guest.ssh("find /var/lib/inferd -mindepth 1 -not -path '/var/lib/inferd/models*'").stdout
+    assert leftovers.strip() == "", leftovers  # no ~/.cache/Microsoft telemetry store on the card
+
+
 def test_a_hung_model_trips_the_watchdog_and_systemd_restarts_it(guest, service, infer):
     """A real model kept inside one inference (a 2048-frame batch under TCG takes many seconds):
     the daemon stops pinging after service.hang_after_s, systemd's WatchdogSec= ends it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -55,6 +56,11 @@ class OnnxBackend:
     runtime = "onnx"
 
     def __init__(self, cfg: ModelConfig, path: Path, runtime_level: str = "warning") -> None:
+        # onnxruntime's Linux builds carry Microsoft's 1DS telemetry, which writes a per-device id
+        # and a ~750 kB event store under ~/.cache/Microsoft/DeveloperTools/.onnxruntime (on the
+        # board: /var/lib/inferd, on the SD card). disable_telemetry_events() does not stop those
+        # files (measured, 1.32); this variable, read when the runtime starts, does.
+        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
         try:
             import onnxruntime as ort
         except ImportError:

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from inferd.config.base import Size, Strict
+from inferd.config.base import Size, Strict, section_at, unknown_key
 from inferd.config.model import (
     BatchingConfig,
     ClassifyPostprocess,
@@ -205,7 +205,11 @@ def format_errors(source: str, error: ValidationError) -> str:
             tags = err.get("ctx", {}).get("expected_tags", "")
             given = err["input"].get("type") if isinstance(err["input"], dict) else err["input"]
             msg = f"unknown type {given!r}; allowed: {tags}"
-        elif err["type"] not in ("value_error", "missing", "extra_forbidden"):
+        elif err["type"] == "extra_forbidden":
+            *parent, key = err["loc"]
+            msg = unknown_key(section_at(Config, tuple(parent)), str(key))
+            err = {**err, "loc": tuple(parent)}  # reported at the section holding the key
+        elif err["type"] not in ("value_error", "missing"):
             msg += f" (got {err['input']!r})"
         msgs = by_key.setdefault(key_path(err["loc"]), [])
         if msg not in msgs:
