@@ -200,9 +200,14 @@ def test_cli_prints_the_comparison_and_an_entry(tmp_path, camera_frames, capsys)
     assert main([*args, "--preprocess-from", RECIPE, "--name", "cam_int8"]) == 0
     text = capsys.readouterr().out
     assert "top-1 agreement" in text and "output cosine" in text and "latency (median)" in text
+    # per-channel weights by default (benchmarks/quantize_default.py: per-tensor broke PP-OCRv4's
+    # recognizer, 0/200 lines read, where per-channel read 94 %); --per-tensor on request
+    assert "qdq, per-channel int8 weights" in text and all(n > 1 for n in weight_scales(out))
     entry_yaml = text.split("model entry for the config (models:):\n", 1)[1]
     config = parse_config("models:\n" + textwrap.indent(entry_yaml, "  "))
     assert config.models[0].name == "cam_int8" and config.models[0].sha256 == file_sha256(out)
+    assert main([*args, "--preprocess-from", RECIPE, "--per-tensor"]) == 0
+    assert "per-tensor int8 weights" in capsys.readouterr().out and set(weight_scales(out)) == {1}
     assert main([*args, "--json", "--max-frames", "10"]) == 1  # no recipe: the PNGs do not fit
     assert "--preprocess-from" in capsys.readouterr().err
 

@@ -21,7 +21,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("model", type=Path, help="the float .onnx model")
     q.add_argument("--calibration", type=Path, required=True, help="folder of images or .npy frames")
     q.add_argument("--out", type=Path, required=True, help="where to write the quantized model")
-    q.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument(
+        "--per-channel", dest="per_channel", action="store_true", default=True,
+        help="one weight scale per output channel (the default: measured better on real models, "
+        "benchmarks/quantize_default.py)",
+    )  # fmt: skip
+    g.add_argument(
+        "--per-tensor", dest="per_channel", action="store_false", help="one weight scale per tensor"
+    )
     q.add_argument("--format", choices=["qdq", "qoperator"], default="qdq", help="default qdq")
     q.add_argument(
         "--preprocess-from",

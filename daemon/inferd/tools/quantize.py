@@ -122,7 +122,7 @@ def quantize_model(
     calibration: Path,
     *,
     recipe: Recipe | None = None,
-    per_channel: bool = False,
+    per_channel: bool = True,
     fmt: str = "qdq",
     activations: str = "uint8",
     method: str = "minmax",
