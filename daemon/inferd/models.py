@@ -17,6 +17,7 @@ from inferd.backends import create_backend, sniff_format
 from inferd.backends.base import Backend
 from inferd.config import Config, ModelConfig, PreprocessConfig, check_not_world_writable
 from inferd.errors import ConfigError, FrameError, InferdError, InferenceError, ModelLoadError
+from inferd.geometry import Geometry
 from inferd.postprocess import Decoded, make_postprocessor
 from inferd.preprocess import Preprocessor
 
@@ -134,17 +135,23 @@ class Model:
                     per_frame[i].append(part)
         return per_frame
 
-    def decode(self, outputs: list[np.ndarray], source: str) -> Decoded:
+    def geometry(self, arrays: list[np.ndarray]) -> Geometry | None:
+        """Where the first (image) input's pixels lie in the frame (None for other inputs)."""
+        if self.postprocess is None or not arrays:
+            return None
+        return self.preprocessors[0].geometry(arrays[0].shape)
+
+    def decode(self, outputs: list[np.ndarray], source: str, geometry: Geometry | None = None) -> Decoded:
         if self.postprocess is None:
             return None
         try:
-            return self.postprocess(outputs, source)
+            return self.postprocess(outputs, source, geometry)
         except (ValueError, IndexError) as e:
             raise InferenceError(self.name, f"postprocess {self.cfg.postprocess.type} failed: {e}") from e
 
     def predict(self, arrays: list[np.ndarray], source: str = "") -> tuple[list[np.ndarray], Decoded]:
         outputs = self.infer(self.prepare(arrays))
-        return outputs, self.decode(outputs, source)
+        return outputs, self.decode(outputs, source, self.geometry(arrays))
 
     def warm(self, runs: int) -> None:
         inputs = [
@@ -210,7 +217,7 @@ def load_model(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning")
             Preprocessor(cfg.preprocess if i == 0 else PreprocessConfig(), spec, cfg.name)
             for i, spec in enumerate(backend.inputs)
         ]
-        post = make_postprocessor(cfg.postprocess, backend.outputs, labels, cfg.name)
+        post = make_postprocessor(cfg.postprocess, backend.outputs, labels, cfg.name, backend.inputs[0])
         check_batching(cfg, backend)
     except InferdError as e:
         backend.close()

@@ -36,6 +36,7 @@ class Frame:
     reply_to: tuple[int, list[Any]] | None = None  # (router endpoint index, envelope); None: publish
     max_elements: int | None = None
     arrays: list[np.ndarray] | None = None
+    codec: Any = None  # a foreign protocol's reply encoder (frigate.py); None: inferd's own replies
 
     @property
     def source(self) -> str:
@@ -275,7 +276,7 @@ class Worker(threading.Thread):
             self.current = []
             self.last_progress = time.monotonic()
 
-    def _prepare(self, frame: Frame, now: float) -> tuple[list[np.ndarray], Timings] | None:
+    def _prepare(self, frame: Frame, now: float) -> tuple[list[np.ndarray], Timings, Any] | None:
         """Checks and preprocessing of one frame; None when it was answered (dropped or rejected)."""
         model = self.model
         t = Timings(queue=now - frame.received)
@@ -288,18 +289,19 @@ class Worker(threading.Thread):
             self.sink.drop(frame, model.name, "deadline")
             return None
         try:
-            inputs = model.prepare(frame.decoded())
+            arrays = frame.decoded()
+            inputs = model.prepare(arrays)
         except FrameError as e:
             self.sink.reject(frame, model.name, e.reason, str(e))
             return None
         t.preprocess = time.monotonic() - now
         self._pre_hist.observe(t.preprocess)
-        return inputs, t
+        return inputs, t, model.geometry(arrays)
 
     def process(self, frames: list[Frame]) -> None:
         """Run frames through the model: one runtime call for all of them when batching."""
         model = self.model
-        ready: list[tuple[Frame, list[np.ndarray], Timings]] = []
+        ready: list[tuple[Frame, list[np.ndarray], Timings, Any]] = []
         for frame in frames:
             prepared = self._prepare(frame, time.monotonic())
             if prepared is not None:
@@ -311,12 +313,15 @@ class Worker(threading.Thread):
             if len(ready) == 1:
                 per_frame = [model.infer(ready[0][1])]
             else:
-                per_frame = model.infer_batch([inputs for _, inputs, _ in ready])
+                per_frame = model.infer_batch([inputs for _, inputs, _, _ in ready])
             t2 = time.monotonic()
-            decoded = [model.decode(outs, f.source) for (f, _, _), outs in zip(ready, per_frame, strict=True)]
+            decoded = [
+                model.decode(outs, f.source, geom)
+                for (f, _, _, geom), outs in zip(ready, per_frame, strict=True)
+            ]
         except InferenceError as e:
             self.busy_since = None
-            for frame, _, _ in ready:
+            for frame, _, _, _ in ready:
                 self._err.inc()
                 self.sink.error(frame, model.name, "inference", str(e))
             return
@@ -326,7 +331,7 @@ class Worker(threading.Thread):
         self._ok.inc(len(ready))
         if self.abandoned:
             return
-        for (frame, _, t), outputs, dec in zip(ready, per_frame, decoded, strict=True):
+        for (frame, _, t, _), outputs, dec in zip(ready, per_frame, decoded, strict=True):
             t.inference = t2 - t1
             t.total = time.monotonic() - frame.received
             self.sink.result(frame, model, outputs, dec, t)

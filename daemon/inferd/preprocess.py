@@ -12,6 +12,7 @@ import numpy as np
 from inferd.backends.base import TensorSpec
 from inferd.config import PreprocessConfig
 from inferd.errors import ConfigError, FrameError
+from inferd.geometry import Geometry, geometry, plan
 
 _IMAGE_DTYPES = (np.uint8, np.float32)
 _FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "area": 4}  # PIL.Image.Resampling values
@@ -64,6 +65,7 @@ class Preprocessor:
         self.quant = spec.quantization if spec.dtype.kind in "iu" else None
         self.scale, self.offset = self._affine()
         self._fit: tuple | None = None  # (shape, dtype) of the last frame passed through untouched
+        self._geometry: dict[tuple, Geometry] = {}  # frame shape -> where its pixels land
 
     def _check_config(self) -> None:
         cfg, where = self.cfg, f"model {self.model!r}: preprocess"
@@ -124,6 +126,23 @@ class Preprocessor:
             )
         return self._image(frame)
 
+    def geometry(self, shape: tuple[int, ...]) -> Geometry | None:
+        """Where this input's pixels lie in a frame of `shape` (None for non-image inputs)."""
+        got = self._geometry.get(shape)
+        if got is not None or self.layout is None:
+            return got
+        spec = self.rows_spec
+        if fits(spec, shape, spec.dtype) or fits(spec, (1, *shape), spec.dtype):  # passed through
+            dims = shape[-3:]
+            h, w = (dims[1], dims[2]) if self.layout == "nchw" else (dims[0], dims[1])
+            got = Geometry.identity(int(w), int(h))
+        elif len(shape) in (2, 3):
+            cfg = self.cfg
+            got = geometry(shape[0], shape[1], cfg.resize, cfg.letterbox, cfg.center_crop)
+        if got is not None and len(self._geometry) < 64:
+            self._geometry[shape] = got
+        return got
+
     def _image(self, frame: np.ndarray) -> np.ndarray:
         cfg = self.cfg
         if frame.dtype not in _IMAGE_DTYPES:
@@ -140,7 +159,10 @@ class Preprocessor:
                 f"model {self.model!r} takes {self.channels}",
             )
         if cfg.resize is not None:
-            img = resize(img, cfg.resize, cfg.interpolation)
+            size, pad, _ = plan(img.shape[0], img.shape[1], cfg.resize, cfg.letterbox, None)
+            img = resize(img, size, cfg.interpolation)
+            if pad is not None:
+                img = letterbox(img, pad, cfg.pad_value)
         if cfg.center_crop is not None:
             img = center_crop(img, cfg.center_crop)
         h, w = img.shape[:2]
@@ -208,6 +230,18 @@ def resize(img: np.ndarray, size: int | tuple[int, int], interpolation: str = "b
         for i in range(img.shape[2])
     ]
     return np.stack(planes, axis=2).astype(img.dtype, copy=False)
+
+
+def letterbox(img: np.ndarray, pad: tuple[int, int, int, int], value: float) -> np.ndarray:
+    """Pad an HWC image: (top, bottom, left, right) rows/columns of `value`."""
+    top, bottom, left, right = pad
+    if not any(pad):
+        return img
+    h, w, c = img.shape
+    out = np.empty((h + top + bottom, w + left + right, c), img.dtype)
+    out[...] = value
+    out[top : top + h, left : left + w] = img
+    return out
 
 
 def center_crop(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

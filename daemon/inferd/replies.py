@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from inferd.pipeline import Frame, Timings
+from inferd.postprocess import PARTS
 from inferd.protocol import VERSION, encode_header, tensor_specs
 
 log = logging.getLogger("inferd.transport")
@@ -135,9 +136,15 @@ class Replies:
 
     def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
         h = frame.header
-        head = self._result_header(h, model, outputs, decoded, t)
-        tensors = () if decoded is not None else [o if o.flags.c_contiguous else o.tobytes() for o in outputs]
-        self._send_encoded(frame.reply_to, model.name, h.source, head, tensors)
+        if frame.codec is not None:  # a foreign protocol's request (frigate.py)
+            self.send_parts(frame.reply_to, frame.codec.result(decoded))
+        else:
+            if decoded is not None:
+                tensors = decoded.pop(PARTS, ())  # binary pieces of a decoded result (a mask's PNG)
+            else:
+                tensors = [o if o.flags.c_contiguous else o.tobytes() for o in outputs]
+            head = self._result_header(h, model, outputs, decoded, t)
+            self._send_encoded(frame.reply_to, model.name, h.source, head, tensors)
         latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
         hist = self._latency.get((model.name, h.source))
         if hist is None:
@@ -159,18 +166,33 @@ class Replies:
             header["id"] = rid
         self._send_encoded(reply_to, model, source, encode_header(header))
 
+    def send_parts(self, reply_to, parts: list) -> None:
+        """A reply already encoded (a foreign protocol's) to a router-like peer."""
+        ep, envelope = reply_to
+        self._socket().send_multipart([REPLY + ep.to_bytes(2, "big"), *envelope, *parts], copy=False)
+
+    def _frame_error(self, frame: Frame, model: str, reason: str, message: str) -> None:
+        if frame.codec is not None:
+            if frame.reply_to is not None:
+                self.send_parts(frame.reply_to, frame.codec.error(reason, message))
+            return
+        h = frame.header
+        self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, message)
+
     def reject(self, frame: Frame, model: str, reason: str, message: str) -> None:
         """A frame refused as invalid."""
         self._count(self.metrics.frames_rejected, frame.source, reason)
         self.warn(reason, "rejected a frame from %s for %s: %s", frame.source, model or "-", message)
-        h = frame.header
-        self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, message)
+        self._frame_error(frame, model, reason, message)
 
-    def reject_raw(self, reply_to, source: str, reason: str, message: str) -> None:
-        """A message refused before it had a valid header."""
+    def reject_raw(self, reply_to, source: str, reason: str, message: str, parts: list | None = None) -> None:
+        """A message refused before it had a valid header (`parts`: a foreign protocol's answer)."""
         self._count(self.metrics.frames_rejected, source, reason)
         self.warn(reason, "rejected a message (%s): %s", reason, message)
-        self._error(reply_to, "", source, None, None, reason, message)
+        if parts is not None:
+            self.send_parts(reply_to, parts)
+        else:
+            self._error(reply_to, "", source, None, None, reason, message)
 
     def _count(self, metric, source: str, reason: str) -> None:
         child = self._counters.get((metric, source, reason))
@@ -184,14 +206,12 @@ class Replies:
         """A valid frame not served (queue full, stale, deadline, shutdown); a router peer is answered."""
         self._count(self.metrics.frames_dropped, frame.source, reason)
         if frame.reply_to is not None:
-            h = frame.header
-            self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, f"frame dropped: {reason}")
+            self._frame_error(frame, model, reason, f"frame dropped: {reason}")
 
     def error(self, frame: Frame, model: str, reason: str, message: str) -> None:
         """A valid frame the model failed on."""
         log.error("model %s failed on a frame from %s: %s", model, frame.source, message)
-        h = frame.header
-        self._error(frame.reply_to, model, h.source, h.seq, h.id, reason, message)
+        self._frame_error(frame, model, reason, message)
 
     def release(self) -> None:
         """Close the calling thread's socket (each thread calls this as it ends)."""

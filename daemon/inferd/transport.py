@@ -19,6 +19,7 @@ import zmq
 
 from inferd.config import Config, EndpointConfig, ResultsConfig
 from inferd.errors import FrameError
+from inferd.frigate import FrigateRequests, error_reply
 from inferd.pipeline import Frame
 from inferd.protocol import decode_header, decode_payload
 from inferd.publisher import answer_hellos, bind_results, unlink_ipc
@@ -45,8 +46,9 @@ def ensure_ipc_dir(address: str) -> None:
 class Endpoint:
     """One ingest socket with its config and a stable id (replies find their socket by id)."""
 
-    def __init__(self, eid: int, cfg: EndpointConfig, sock: zmq.Socket) -> None:
+    def __init__(self, eid: int, cfg: EndpointConfig, sock: zmq.Socket, frigate=None) -> None:
         self.id, self.cfg, self.sock = eid, cfg, sock
+        self.frigate: FrigateRequests | None = frigate  # a frigate endpoint's request parser
 
 
 class Transport:
@@ -96,7 +98,12 @@ class Transport:
 
     def _add(self, cfg: EndpointConfig) -> Endpoint:
         self._next_id = self._next_id % 65535 + 1
-        ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, self._socket(cfg, self._next_id))
+        frigate = None
+        if cfg.type == "frigate":
+            model = next((m for m in self.config.models if m.name == cfg.model), None)
+            frigate = FrigateRequests(cfg, getattr(model.postprocess, "format", None) if model else None)
+        sock = self._socket(cfg, self._next_id)
+        ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, sock, frigate)
         return ep
 
     def _publisher(self, res: ResultsConfig) -> zmq.Socket:
@@ -113,12 +120,12 @@ class Transport:
         return pub
 
     def _socket(self, ep: EndpointConfig, eid: int = 0) -> zmq.Socket:
-        kind = {"pull": zmq.PULL, "sub": zmq.SUB, "router": zmq.ROUTER}[ep.type]
+        kind = {"pull": zmq.PULL, "sub": zmq.SUB, "router": zmq.ROUTER, "frigate": zmq.ROUTER}[ep.type]
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.MAXMSGSIZE, ep.max_message_bytes)
         sock.setsockopt(zmq.RCVHWM, ep.rcvhwm)
         sock.setsockopt(zmq.LINGER, 0)
-        if ep.type == "router":
+        if ep.type in ("router", "frigate"):
             sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished peer's reply is dropped, never blocks
             sock.setsockopt(zmq.SNDHWM, ep.sndhwm)
         if ep.curve or ep.allow_ips is not None:
@@ -295,6 +302,9 @@ class Transport:
 
     def _ingest(self, ep: Endpoint, parts: list[zmq.Frame]) -> None:
         cfg = ep.cfg
+        if ep.frigate is not None:
+            self._ingest_frigate(ep, parts)
+            return
         reply_to = None
         if cfg.type == "router":
             # [identity, (b"" delimiter from REQ), header, payload...]
@@ -351,6 +361,32 @@ class Transport:
         pending = self.dispatcher.submit(frame, router=cfg.type == "router")
         if pending:
             self._pending[ep.id] = (frame, pending)
+
+    def _ingest_frigate(self, ep: Endpoint, parts: list[zmq.Frame]) -> None:
+        """A Frigate detector request: [identity, "", header, tensor] (frigate.py)."""
+        cut = next((i for i, p in enumerate(parts[:8]) if len(p) == 0), 0)
+        envelope, parts = parts[: cut + 1], parts[cut + 1 :]
+        reply_to, source = (ep.id, envelope), ep.cfg.source
+        self._count_received(source)
+        try:
+            header, image = ep.frigate.parse(parts)
+        except FrameError as e:
+            self.replies.reject_raw(reply_to, source, e.reason, str(e), error_reply(e.reason, str(e)))
+            return
+        frame = Frame(header, [parts[1]], time.monotonic(), time.time(), reply_to, ep.cfg.max_elements)
+        frame.arrays, frame.codec = [image], ep.frigate.codec
+        if not self.accepting.is_set():
+            self.replies.drop(frame, ep.cfg.model, "shutdown")
+            return
+        pending = self.dispatcher.submit(frame, router=True)
+        if pending:
+            self._pending[ep.id] = (frame, pending)
+
+    def _count_received(self, source: str) -> None:
+        counter = self._received.get(source)
+        if counter is None:
+            counter = self._received[source] = self.metrics.frames_received.labels(source)
+        counter.inc()
 
     def _retry_pending(self) -> None:
         for eid, (frame, queues) in list(self._pending.items()):

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from inferd.config.base import Size, Strict, section_at, unknown_key
 from inferd.config.model import (
+    AnchorsConfig,
     BatchingConfig,
     ClassifyPostprocess,
     DetectPostprocess,
@@ -18,6 +19,7 @@ from inferd.config.model import (
     PreprocessConfig,
     RawPostprocess,
     Runtime,
+    SegmentPostprocess,
     SmoothConfig,
 )
 from inferd.config.sections import (
@@ -39,6 +41,7 @@ from inferd.errors import ConfigError
 __all__ = [
     "DEFAULT_PATH",
     "ZMQ_ADDRESS",
+    "AnchorsConfig",
     "BatchingConfig",
     "ClassifyPostprocess",
     "Config",
@@ -57,6 +60,7 @@ __all__ = [
     "RouteConfig",
     "Runtime",
     "SecurityConfig",
+    "SegmentPostprocess",
     "ServiceConfig",
     "Size",
     "SmoothConfig",
@@ -97,6 +101,12 @@ class Config(Strict):
         if self.results.curve and self.security.curve is None:
             raise ValueError("results has curve: true but security.curve gives no keys")
         names = {m.name for m in self.models}
+        for i, ep in enumerate(self.endpoints):
+            if ep.type == "frigate" and ep.model not in names:
+                known = ", ".join(sorted(names))
+                raise ValueError(
+                    f"endpoints[{i}] (frigate) names unknown model {ep.model!r}; models: {known}"
+                )
         for i, route in enumerate(self.routes):
             unknown = [m for m in route.models if m not in names]
             if unknown:
@@ -176,7 +186,7 @@ def parse_config(text: str, source: str | os.PathLike[str] = "<config>") -> Conf
         raise ConfigError(format_errors(str(source), e)) from None
 
 
-_UNION_TAGS = {"raw", "classify", "detect", "onnx", "tflite"}
+_UNION_TAGS = {"raw", "classify", "detect", "segment", "onnx", "tflite"}
 _TYPE_NAMES = {"int", "float", "str", "bool", "list", "dict", "tuple", "none", "path"}
 
 

@@ -24,6 +24,12 @@ class PreprocessConfig(Strict):
     resize: Size | tuple[Size, Size] | None = Field(
         None, description="An int resizes the shorter side to it (keeps aspect); [height, width] is exact."
     )
+    letterbox: bool = Field(
+        False,
+        description="With resize: [height, width]: keep the aspect ratio and pad the rest with "
+        "pad_value, centred (YOLO family, RT-DETR/D-FINE, MediaPipe); false stretches the frame.",
+    )
+    pad_value: float = Field(114, description="Letterbox padding, in pixel units (114: YOLO's grey).")
     interpolation: Literal["nearest", "bilinear", "bicubic", "area"] = Field(
         "bilinear", description="Resampling filter for resize (Pillow)."
     )
@@ -64,6 +70,12 @@ class PreprocessConfig(Strict):
             raise ValueError("std values must be non-zero")
         return v
 
+    @model_validator(mode="after")
+    def _letterbox_needs_a_size(self) -> PreprocessConfig:
+        if self.letterbox and not isinstance(self.resize, tuple):
+            raise ValueError("letterbox needs resize: [height, width] (the size to pad to)")
+        return self
+
     @property
     def normalizes(self) -> bool:
         return self.scale is not None or self.mean is not None or self.std is not None
@@ -91,25 +103,109 @@ class ClassifyPostprocess(Strict):
     smooth: SmoothConfig | None = Field(None, description="Per-source temporal smoothing of the scores.")
 
 
+class AnchorsConfig(Strict):
+    """SSD anchors, generated as MediaPipe's SsdAnchorsCalculator does (same option names), and
+    how the regressions are decoded against them (its TensorsToDetectionsCalculator)."""
+
+    num_layers: int = Field(ge=1, description="Feature-map layers (BlazeFace short range: 4).")
+    strides: list[int] = Field(description="Stride of each layer (BlazeFace short range: [8, 16, 16, 16]).")
+    min_scale: float = Field(0.1484375, description="Anchor scale of the first layer.")
+    max_scale: float = Field(0.75, description="Anchor scale of the last layer.")
+    input_size: tuple[Size, Size] | None = Field(
+        None, description="[height, width] (default: the model's input)."
+    )
+    anchor_offset: tuple[float, float] = Field(
+        (0.5, 0.5), description="[x, y] of the anchor centre in its cell."
+    )
+    aspect_ratios: list[float] = Field([1.0], description="Anchor aspect ratios per location.")
+    interpolated_scale_aspect_ratio: float = Field(1.0, description="Extra anchor between scales (0: none).")
+    reduce_boxes_in_lowest_layer: bool = Field(
+        False, description="3 fixed anchors in layer 0 (SSD MobileNet)."
+    )
+    fixed_anchor_size: bool = Field(
+        True, description="Anchors of size 1x1 (BlazeFace) instead of their scale."
+    )
+    box_order: Literal["xywh", "yxhw"] = Field(
+        "xywh", description="Order of the regression values (MediaPipe's reverse_output_order: true is xywh)."
+    )
+    box_scale: tuple[float, float, float, float] | None = Field(
+        None,
+        description="x, y, w, h scales of the regressions (default: input width, height, width, height).",
+    )
+    exp_box_size: bool = Field(False, description="Box sizes are log-encoded (SSD MobileNet), not linear.")
+    num_keypoints: int = Field(0, ge=0, description="Keypoints after the box (BlazeFace: 6), as x, y pairs.")
+    sigmoid: bool = Field(True, description="Scores are logits: apply a sigmoid.")
+    score_clip: float | None = Field(100.0, description="Clip raw scores to +-this before the sigmoid.")
+
+
 class DetectPostprocess(Strict):
     type: Literal["detect"]
-    format: Literal["ssd", "yolo"] = Field(
-        description="ssd: already-decoded boxes/classes/scores/count outputs (TFLite detection "
-        "postprocess); yolo: one [N, 4+C] (or [4+C, N]) output decoded here with threshold and NMS."
+    format: Literal["yolo", "yolov5", "end2end", "boxes", "ssd", "anchors"] = Field(
+        description="yolo: one [4+C, N] or [N, 4+C] output, no objectness (YOLOv8/v11); yolov5: "
+        "[N, 5+C] with objectness (YOLOv5/v7); end2end: [N, 6] final x1,y1,x2,y2,score,class rows "
+        "(YOLOv10, exports with NMS inside); boxes: separate boxes [N, 4], scores [N] or [N, C] and "
+        "optional labels [N] outputs (RT-DETR/D-FINE style); ssd: TFLite's detection postprocess "
+        "(boxes, classes, scores, count); anchors: raw regressions and scores against SSD anchors "
+        "(MediaPipe BlazeFace, SSD MobileNet without postprocess)."
     )
     outputs: list[int | str] | None = Field(
         None,
-        description="ssd: the boxes, classes, scores, count outputs (default: outputs 0-3 in that "
-        "order); yolo: the one output (default 0).",
+        description="Which outputs, by index or name. ssd: boxes, classes, scores, count (default 0-3); "
+        "boxes: boxes, scores[, labels] (default 0, 1[, 2]); anchors: regressions, scores (default "
+        "0, 1); the other formats: the one output (default 0).",
     )
-    box_format: Literal["cxcywh", "xyxy"] = Field("cxcywh", description="yolo: how boxes are encoded.")
+    layout: Literal["auto", "cn", "nc"] = Field(
+        "auto",
+        description="yolo/yolov5: cn is [4+C, N] (YOLOv8's export: a column per candidate), nc is "
+        "[N, 4+C]; auto decides from the labels' count or a clear shape, and refuses to guess.",
+    )
+    box_format: Literal["cxcywh", "xyxy"] | None = Field(
+        None, description="How boxes are encoded (default: cxcywh for yolo/yolov5/boxes, xyxy for end2end)."
+    )
+    normalized: bool | None = Field(
+        None, description="Boxes are 0-1 of the model input (default: true for ssd/anchors, else pixels)."
+    )
     score_threshold: float = Field(0.25, ge=0, le=1, description="Drop detections scoring below this.")
-    iou_threshold: float = Field(0.45, gt=0, le=1, description="yolo: NMS overlap threshold.")
+    iou_threshold: float = Field(0.45, gt=0, le=1, description="NMS overlap threshold.")
+    nms: Literal["auto", "hard", "weighted", "none"] = Field(
+        "auto",
+        description="auto: hard for yolo/yolov5/anchors, none for end2end/boxes/ssd (already final); "
+        "weighted averages overlapping boxes by score (MediaPipe's face detection).",
+    )
     max_detections: int = Field(100, ge=1, description="Keep at most this many, best first.")
-    class_agnostic_nms: bool = Field(False, description="yolo: suppress overlaps across classes too.")
+    class_agnostic_nms: bool = Field(False, description="Suppress overlaps across classes too.")
+    background_class: int | None = Field(
+        None, description="anchors/boxes: a class index that is never reported."
+    )
+    anchors: AnchorsConfig | None = Field(None, description="format anchors: how the anchors are made.")
+
+    @model_validator(mode="after")
+    def _anchors_for_anchors(self) -> DetectPostprocess:
+        if self.format == "anchors" and self.anchors is None:
+            raise ValueError("format anchors needs an `anchors:` section (num_layers, strides, ...)")
+        return self
 
 
-Postprocess = Annotated[RawPostprocess | ClassifyPostprocess | DetectPostprocess, Field(discriminator="type")]
+class SegmentPostprocess(Strict):
+    type: Literal["segment"]
+    output: int | str = Field(0, description="The output holding the per-pixel scores.")
+    threshold: float = Field(
+        0.5, description="One-channel outputs: a pixel belongs to the class when its score is at least this."
+    )
+    sigmoid: bool = Field(False, description="Apply a sigmoid to one-channel logits first.")
+    mask_size: Literal["frame", "model"] = Field(
+        "frame",
+        description="The mask at the frame's size (preprocessing undone) or at the model's output size.",
+    )
+    encoding: Literal["png", "rle"] = Field(
+        "png",
+        description="png: an 8-bit PNG of class ids as a reply part; rle: row-major runs in the header.",
+    )
+
+
+Postprocess = Annotated[
+    RawPostprocess | ClassifyPostprocess | DetectPostprocess | SegmentPostprocess, Field(discriminator="type")
+]
 Runtime = Annotated[OnnxConfig | TfliteConfig, Field(discriminator="type")]
 
 

@@ -24,9 +24,19 @@ ZMQ_ADDRESS = r"^(tcp|ipc|inproc)://.+"
 class EndpointConfig(Strict):
     """A ZeroMQ socket frames come in on."""
 
-    type: Literal["pull", "sub", "router"] = Field(
+    type: Literal["pull", "sub", "router", "frigate"] = Field(
         description="pull: inferd binds, cameras PUSH; sub: inferd connects to a camera's PUB; "
-        "router: request/reply, every request gets exactly one reply."
+        "router: request/reply, every request gets exactly one reply; frigate: Frigate's `zmq` "
+        "detector protocol (docs/frigate.md)."
+    )
+    model: str | None = Field(None, description="frigate: the model that serves the requests (required).")
+    source: str = Field(
+        "frigate", pattern=r"^[^/]{1,128}$", description="frigate: the source name in metrics."
+    )
+    timeout_ms: float = Field(
+        200,
+        gt=0,
+        description="frigate: Frigate's request_timeout_ms; a request still queued after it is dropped.",
     )
     bind: str | None = Field(None, pattern=ZMQ_ADDRESS, description="Address to bind (pull, router).")
     connect: list[str] | str | None = Field(
@@ -58,6 +68,8 @@ class EndpointConfig(Strict):
             raise ValueError("needs bind (pull, router) or connect (sub)")
         if self.type == "sub" and self.bind:
             raise ValueError("a sub endpoint connects to publishers: use connect, not bind")
+        if self.type == "frigate" and not self.model:
+            raise ValueError("a frigate endpoint needs model: (the detector that serves Frigate)")
         if self.allow_ips is not None:
             import ipaddress
 
