@@ -5,8 +5,8 @@ Frigate's client is a REQ socket: a request is `[header_json, tensor]`, header `
 `[1, 3, H, W]` float32). The reply is `[{"shape": [20, 6], "dtype": "float32"}, 480 bytes]`: rows
 of class id, score, y_min, x_min, y_max, x_max normalized to the tensor sent, best first, zeros
 after the last. Frigate has no error reply: the convention of its detector servers is a zero
-result with an "error" field in the header. Requests become ordinary frames (the tensor as an HWC
-image, so the model's preprocessing applies when it does not fit as it is), served by the same
+result with an "error" field in the header. Requests become ordinary frames (the tensor passes through,
+zero-copy, when it fits the model; else the model's preprocessing reads it as an image), served by the same
 queues and workers; `FrigateCodec` turns their results back into Frigate's rows.
 """
 
@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from inferd.errors import FrameError
+from inferd.preprocess import as_image
 from inferd.protocol import FrameHeader, PartSpec
 
 log = logging.getLogger("inferd.frigate")
@@ -95,7 +96,9 @@ class FrigateRequests:
                 "too_large", f"tensor of {int(np.prod(shape))} elements, the limit is {self.cfg.max_elements}"
             )
         self._check_model_type(head.get("model_type"))
-        image = as_image(np.frombuffer(tensor, dtype).reshape(shape))
+        image = np.frombuffer(tensor, dtype).reshape(shape)  # passed through when it fits the model
+        if as_image(image) is None:
+            raise FrameError("shape", f"a Frigate tensor is [1, H, W, C] or [1, C, H, W], got {shape}")
         header = FrameHeader(
             source=self.cfg.source, seq=next(self._seq), ts=None,
             parts=[PartSpec(image.shape, dtype)], models=[self.cfg.model],
@@ -117,16 +120,3 @@ class FrigateRequests:
                 "(served as configured; check Frigate's model: section)",
                 self.cfg.bind, model_type, self.cfg.model, self.format,
             )  # fmt: skip
-
-
-def as_image(tensor: np.ndarray) -> np.ndarray:
-    """[1, H, W, C] or [1, C, H, W] (or without the batch) as an HWC view: the model's own
-    preprocessing then applies, and a tensor that already fits passes through unchanged."""
-    x = tensor[0] if tensor.ndim == 4 and tensor.shape[0] == 1 else tensor
-    if x.ndim == 3 and x.shape[0] in (1, 3, 4) and x.shape[2] not in (1, 3, 4):
-        x = x.transpose(1, 2, 0)
-    if x.ndim not in (2, 3):
-        raise FrameError(
-            "shape", f"a Frigate tensor must be [1, H, W, C] or [1, C, H, W], got {list(tensor.shape)}"
-        )
-    return x

@@ -118,13 +118,14 @@ class Preprocessor:
             return frame
         if len(spec.shape) >= 2 and spec.shape[0] in (1, None) and fits(spec, (1, *frame.shape), frame.dtype):
             return frame[None]
-        if self.layout is None or frame.ndim not in (2, 3):
+        image = as_image(frame) if self.layout is not None else None
+        if image is None:
             raise FrameError(
                 "shape" if frame.dtype == spec.dtype else "dtype",
                 f"frame {shape_text(frame.shape)} {frame.dtype} does not fit the input "
                 f"{spec.describe()} of model {self.model!r}",
             )
-        return self._image(frame)
+        return self._image(image)
 
     def geometry(self, shape: tuple[int, ...]) -> Geometry | None:
         """Where this input's pixels lie in a frame of `shape` (None for non-image inputs)."""
@@ -136,9 +137,9 @@ class Preprocessor:
             dims = shape[-3:]
             h, w = (dims[1], dims[2]) if self.layout == "nchw" else (dims[0], dims[1])
             got = Geometry.identity(int(w), int(h))
-        elif len(shape) in (2, 3):
+        elif (hw := image_size(shape)) is not None:
             cfg = self.cfg
-            got = geometry(shape[0], shape[1], cfg.resize, cfg.letterbox, cfg.center_crop)
+            got = geometry(hw[0], hw[1], cfg.resize, cfg.letterbox, cfg.center_crop)
         if got is not None and len(self._geometry) < 64:
             self._geometry[shape] = got
         return got
@@ -199,6 +200,31 @@ class Preprocessor:
             out = x.astype(dtype, copy=False)
         out = np.ascontiguousarray(out)
         return out[None] if self.batched else out
+
+
+def _channels_first(shape: tuple[int, ...]) -> bool:
+    return shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4)
+
+
+def image_size(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(height, width) of a frame `as_image` accepts, from its shape alone."""
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 3:
+        return (shape[1], shape[2]) if _channels_first(shape) else (shape[0], shape[1])
+    return None
+
+
+def as_image(frame: np.ndarray) -> np.ndarray | None:
+    """An HW or HWC view of a frame: HxW, HxWxC, CxHxW, or any of those with a batch of 1
+    ([1, H, W, 3] or [1, 3, H, W] tensors, as Frigate sends them); None for other shapes."""
+    if frame.ndim == 4 and frame.shape[0] == 1:
+        frame = frame[0]
+    if frame.ndim == 3 and _channels_first(frame.shape):
+        return frame.transpose(1, 2, 0)
+    return frame if frame.ndim in (2, 3) else None
 
 
 def resize(img: np.ndarray, size: int | tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:

@@ -122,3 +122,15 @@ def test_ssd_outputs_are_thresholded_counted_and_reordered_to_xyxy():
     # the third box is beyond `count`; the second is kept (0.3 >= 0.25); boxes become x1,y1,x2,y2
     assert [(d["label"], d["score"]) for d in dets] == [("c", pytest.approx(0.9)), ("a", pytest.approx(0.3))]
     assert dets[0]["box"] == pytest.approx([0.2, 0.1, 0.6, 0.5])
+
+
+def test_weighted_nms_merges_overlaps_and_survives_degenerate_boxes():
+    from inferd.postprocess import weighted_nms
+
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 50, 50], [60, 60, 55, 70]], np.float32)
+    scores = np.array([0.9, 0.6, 0.8, 0.7], np.float32)  # the last two have no area (or negative)
+    kps = np.zeros((4, 1, 2), np.float32)
+    out_boxes, out_scores, _, out_kps = weighted_nms(boxes, scores, np.zeros(4, np.int64), kps, 0.3)
+    assert out_scores.tolist() == pytest.approx([0.9, 0.8, 0.7])
+    np.testing.assert_allclose(out_boxes[0], (boxes[0] * 0.9 + boxes[1] * 0.6) / 1.5, rtol=1e-6)
+    assert out_kps.shape == (3, 1, 2)

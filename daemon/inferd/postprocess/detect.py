@@ -99,19 +99,27 @@ class Detect:
         out = np.asarray(outputs[self.indices[0]], np.float32)
         layout = self.layout or self._guess(out.shape)
         out = out.reshape(out.shape[-2:]) if out.ndim > 2 else out
-        if layout == "cn":
-            out = out.T
+        rows = out.T if layout == "cn" else out  # a view: candidates as rows
         first = 4 + self.extra
-        if out.shape[1] <= first:
-            raise ValueError(f"{self.cfg.format} output rows have {out.shape[1]} values: no class columns")
-        if self.extra:  # yolov5: drop on objectness first, then class score = objectness * class
-            out = out[out[:, 4] >= self.cfg.score_threshold]
-            cls = out[:, first:] * out[:, 4:5]
+        if rows.shape[1] <= first:
+            raise ValueError(f"{self.cfg.format} output rows have {rows.shape[1]} values: no class columns")
+        # the best class score per candidate, reduced along the array's own memory order, then
+        # only the candidates above the threshold are touched again
+        axis = 0 if layout == "cn" else 1
+        cls_all = out[first:] if layout == "cn" else out[:, first:]
+        if self.extra:  # yolov5: objectness first, then class score = objectness * class
+            obj = rows[:, 4]
+            keep = np.flatnonzero(obj >= self.cfg.score_threshold)
+            cand = rows[keep]
+            cls = cand[:, first:] * cand[:, 4:5]
         else:
-            cls = out[:, first:]
+            best = cls_all.max(axis=axis)
+            keep = np.flatnonzero(best >= self.cfg.score_threshold)
+            cand = rows[keep]
+            cls = cand[:, first:]
         classes = cls.argmax(axis=1)
-        scores = cls[np.arange(len(out)), classes]
-        return out[:, :4], scores, classes, None
+        scores = cls[np.arange(len(cand)), classes]
+        return np.ascontiguousarray(cand[:, :4]), scores, classes, None
 
     _yolov5 = _yolo
 
@@ -192,20 +200,24 @@ class Detect:
             frame_kps = geometry.to_frame(flat, self.normalized) if geometry else flat
             kps_norm = geometry.normalize(frame_kps) if geometry else None
         labels = self.labels
+        rounded = np.round(frame_boxes, 2).tolist()  # one pass for all, no per-value Python
+        rounded_norm = np.round(norm, 5).tolist() if norm is not None else None
+        kp = np.round(frame_kps, 2).tolist() if frame_kps is not None else None
+        kp_norm = np.round(kps_norm, 5).tolist() if kps_norm is not None else None
         dets = []
         for i, (c, s) in enumerate(zip(classes.tolist(), scores.tolist(), strict=True)):
             det = {
-                "box": [round(v, 2) for v in frame_boxes[i].tolist()],
+                "box": rounded[i],
                 "score": s,
                 "class": c,
                 "label": labels[c] if labels and 0 <= c < len(labels) else None,
             }
-            if norm is not None:
-                det["box_norm"] = [round(v, 5) for v in norm[i].tolist()]
-            if frame_kps is not None:
-                det["keypoints"] = [round(v, 2) for v in frame_kps[i].tolist()]
-                if kps_norm is not None:
-                    det["keypoints_norm"] = [round(v, 5) for v in kps_norm[i].tolist()]
+            if rounded_norm is not None:
+                det["box_norm"] = rounded_norm[i]
+            if kp is not None:
+                det["keypoints"] = kp[i]
+                if kp_norm is not None:
+                    det["keypoints_norm"] = kp_norm[i]
             dets.append(det)
         out: dict = {"detections": dets}
         if geometry is not None:

@@ -36,6 +36,20 @@ def nms(
     areas = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
+    if len(boxes) <= 1024:  # all pairs at once (at most 4 MB), then the greedy pass only indexes
+        x1, y1, x2, y2 = boxes.T
+        w = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :])
+        h = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :])
+        np.maximum(w, 0, out=w)
+        np.maximum(h, 0, out=h)
+        inter = w * h
+        # IoU > t  <=>  inter > t * union (union > 0); a degenerate pair (union 0) never suppresses
+        suppress = inter > iou_threshold * (areas[:, None] + areas[None, :] - inter)
+        while order.size and (limit is None or len(keep) < limit):
+            i = order[0]
+            keep.append(int(i))
+            order = order[1:][~suppress[i, order[1:]]]
+        return np.asarray(keep, np.int64)
     while order.size and (limit is None or len(keep) < limit):
         i = order[0]
         keep.append(int(i))
@@ -57,6 +71,7 @@ def weighted_nms(boxes, scores, classes, keypoints, iou_threshold: float, groups
     while order.size:
         i = order[0]
         overlap = _iou(shifted[i], shifted[order], areas[order], areas[i]) > iou_threshold
+        overlap[0] = True  # itself, even when degenerate (zero area: IoU 0), or the loop never ends
         members = order[overlap]
         w = scores[members][:, None]
         out_boxes.append((boxes[members] * w).sum(0) / w.sum())
