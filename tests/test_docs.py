@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inferd.capture.config import CaptureConfig
 from inferd.config import Config, parse_config
 from tests.conftest import ROOT
 from tests.daemon_harness import free_port
@@ -171,7 +172,9 @@ def run_block(block: Block, scratch: Scratch) -> None:
         )
     elif kind == "yaml":
         data = yaml.safe_load(block.text)
-        if isinstance(data, dict) and set(data) <= set(Config.model_fields):
+        if isinstance(data, dict) and {"url", "to"} <= set(data):  # a camera for `inferd capture`
+            CaptureConfig.model_validate(data)
+        elif isinstance(data, dict) and set(data) <= set(Config.model_fields):
             data.setdefault("models", [{"name": "m", "path": "m.onnx"}])
             parse_config(yaml.safe_dump(data), block.where)  # raises ConfigError with the key path
 

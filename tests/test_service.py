@@ -434,3 +434,31 @@ def test_the_runtimes_work_under_memory_deny_write_execute():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runtimes = {line.split()[1] for line in proc.stdout.splitlines()}
     assert runtimes == {"onnx", "tflite"}
+
+
+CAPTURE_UNIT = ROOT / "systemd" / "inferd-capture@.service"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_capture_template_unit_verifies_clean_and_is_hardened(tmp_path):
+    unit = tmp_path / "inferd-capture@cam0.service"
+    unit.write_text(
+        CAPTURE_UNIT.read_text().replace(
+            "/opt/inferd/bin/inferd", str(Path(sys.executable).parent / "inferd")
+        )
+    )
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if "inferd-capture" in line]
+    assert proc.returncode == 0 and problems == [], proc.stdout + proc.stderr
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(CAPTURE_UNIT)], capture_output=True, text=True
+    )
+    exposure = float(
+        re.search(r"Overall exposure level for inferd-capture@\S*: ([\d.]+)", proc.stdout).group(1)
+    )
+    assert exposure <= 2.0, proc.stdout
+    text = CAPTURE_UNIT.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=always", "-c /etc/inferd/capture/%i.yaml",
+                 "DevicePolicy=closed", "DeviceAllow=char-video4linux rw", "SupplementaryGroups=video",
+                 "IPAddressDeny=any", "IPAddressAllow=localhost", "MemoryDenyWriteExecute=yes"):  # fmt: skip
+        assert line in text, line

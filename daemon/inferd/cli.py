@@ -141,9 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="print the report as JSON")
     m.set_defaults(func=cmd_models)
 
+    from inferd.capture.command import add_command
     from inferd.tools.commands import add_commands
 
     add_commands(sub)
+    add_command(sub)
     return p
 
 

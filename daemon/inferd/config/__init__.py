@@ -207,7 +207,7 @@ def key_path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_errors(source: str, error: ValidationError) -> str:
+def format_errors(source: str, error: ValidationError, root: type | None = None) -> str:
     by_key: dict[str, list[str]] = {}
     for err in error.errors(include_url=False):
         msg = err["msg"].removeprefix("Value error, ")
@@ -217,7 +217,7 @@ def format_errors(source: str, error: ValidationError) -> str:
             msg = f"unknown type {given!r}; allowed: {tags}"
         elif err["type"] == "extra_forbidden":
             *parent, key = err["loc"]
-            msg = unknown_key(section_at(Config, tuple(parent)), str(key))
+            msg = unknown_key(section_at(root or Config, tuple(parent)), str(key))
             err = {**err, "loc": tuple(parent)}  # reported at the section holding the key
         elif err["type"] not in ("value_error", "missing"):
             msg += f" (got {err['input']!r})"
