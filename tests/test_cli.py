@@ -119,13 +119,18 @@ def test_a_daemon_nobody_can_reach_is_warned_about(write_config):
 def test_demo_accounts_for_every_frame_it_sent():
     import re
 
-    proc = inferd("demo", "--duration", "2", "--fps", "40")
+    proc = inferd("demo", "--duration", "4", "--fps", "40")
     assert proc.returncode == 0, proc.stderr
-    tail = proc.stdout[proc.stdout.index("inferd demo: 2 camera(s) sent") :]
-    m = re.match(r"inferd demo: 2 camera\(s\) sent (\d+) frames; each goes to 3 model\(s\): "
-                 r"(\d+) results expected, (\d+) received", tail)  # fmt: skip
+    assert "`inferd capture` playing a 40 fps H.264 clip as source 'video'" in proc.stdout
+    tail = proc.stdout[proc.stdout.index("inferd demo: 3 camera(s) sent") :]
+    m = re.match(
+        r"inferd demo: 3 camera\(s\) sent (\d+) frames \(cam0 \d+, cam1 \d+, video (\d+)\); each goes to 3 "
+        r"model\(s\): (\d+) results expected, (\d+) received",
+        tail,
+    )
     assert m, tail
-    sent, expected, received = map(int, m.groups())
+    sent, video, expected, received = map(int, m.groups())
+    assert video > 0  # the shipped camera process fed the daemon too
     assert expected == 3 * sent and 0 < received <= expected
     others = [int(n) for n in re.findall(r"^  (\d+) (?:dropped|answered|still)", tail, re.M)]
     assert received + sum(others) == expected, tail

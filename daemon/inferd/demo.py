@@ -15,6 +15,7 @@ import numpy as np
 from inferd.client import FramePublisher, ResultSubscriber
 from inferd.config import EndpointConfig, MetricsConfig, ResultsConfig, load_config
 from inferd.daemon import Daemon
+from inferd.demo_video import start_video_camera
 from inferd.errors import RequestTimeout
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "inferd.yaml"
@@ -90,6 +91,12 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
     stop = threading.Event()
     sub = ResultSubscriber(results_addr)  # returns once inferd has the subscription
     cams = [Camera(frames_addr, f"cam{i}", fps, stop, seed=i) for i in range(sources)]
+    video = start_video_camera(frames_addr, tmp.name, Camera(frames_addr, "video", fps, stop, 99).strip, fps)
+    out(
+        f"  and `inferd capture` playing a {fps:g} fps H.264 clip as source 'video'"
+        if video
+        else "  (no recorded camera: `pip install 'inferd[capture]'` adds `inferd capture` playing a clip)"
+    )
     for c in cams:
         c.start()
     stats: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=200))
@@ -130,6 +137,9 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
         stop.set()
         for c in cams:
             c.join(2)
+        if video is not None:
+            video.stop()
+            cams.append(video)
         daemon.stop(drain_timeout=2.0)  # serves what is queued: its results are still counted
         try:
             while True:
@@ -169,7 +179,8 @@ def summary(cams: list[Camera], fanout: dict[str, int], served: int, errors: dic
     sent = sum(c.sent for c in cams)
     asked = sum(c.sent * fanout[c.source] for c in cams)
     lines = [
-        f"inferd demo: {len(cams)} camera(s) sent {sent} frames; each goes to "
+        f"inferd demo: {len(cams)} camera(s) sent {sent} frames "
+        f"({', '.join(f'{c.source} {c.sent}' for c in cams)}); each goes to "
         f"{'/'.join(sorted({str(n) for n in fanout.values()}))} model(s): {asked} results expected, "
         f"{served} received"
     ]
