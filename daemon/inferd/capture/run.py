@@ -126,6 +126,7 @@ class Capture:
                 delay = start_wall + (media - first_media) - time.monotonic()
                 if delay > 0 and self.stop.wait(delay):
                     break
+                wall = time.time()  # a recorded frame is "captured" when its time comes
             now = time.monotonic()
             if period and now < next_due:
                 self.metrics.dropped.labels("fps").inc()  # the cap: dropped before any work on it
