@@ -1,0 +1,102 @@
+"""A real RTSP server (Debian's rtsp-server-perl) fed by ffmpeg, stopped and restarted mid-stream:
+`inferd capture` notices, reconnects, and frames flow again through a real inferd, with results
+for the frames' content (the stream alternates red and green every two seconds)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from inferd.client import ResultSubscriber
+from inferd.errors import RequestTimeout
+from tests.capture.media import colour_config, colour_model
+from tests.daemon_harness import DaemonProcess, free_port
+
+TOOLS = ("rtsp-server-perl", "ffmpeg")
+if any(shutil.which(t) is None for t in TOOLS):
+    if os.environ.get("INFERD_CI"):  # CI installs them (make test): missing there is a failure
+        raise RuntimeError(f"CI needs {', '.join(TOOLS)} (make test installs them as root)")
+    pytest.skip(f"needs {', '.join(TOOLS)} (make test installs them as root)", allow_module_level=True)
+pytest.importorskip("av")
+
+# red for 2 s, then green for 2 s, and so on; a keyframe every second so a reader joins quickly
+COLOURS = "geq=r='if(lt(mod(T\\,4)\\,2)\\,220\\,20)':g='if(lt(mod(T\\,4)\\,2)\\,20\\,220)':b=20"
+
+
+class RtspCamera:
+    def __init__(self, tmp) -> None:
+        self.tmp, self.client_port, self.source_port = tmp, free_port(), free_port()
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        log = open(self.tmp / "rtsp.log", "a")  # noqa: SIM115
+        server = subprocess.Popen(
+            ["rtsp-server-perl", "--clientport", str(self.client_port), "--serverport", str(self.source_port),
+             "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        time.sleep(1.0)
+        publisher = subprocess.Popen(
+            ["ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "color=c=black:size=320x240:rate=10",
+             "-vf", COLOURS, "-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-pix_fmt", "yuv420p",
+             "-rtsp_transport", "udp", "-f", "rtsp", f"rtsp://127.0.0.1:{self.source_port}/cam"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.procs = [publisher, server]
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.client_port}/cam"
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait(10)
+        self.procs = []
+
+
+def labels(sub: ResultSubscriber, seconds: float) -> list[str]:
+    out, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            r = sub.recv(0.5)
+        except RequestTimeout:
+            continue
+        out.append(r.classes[0]["label"])
+    return out
+
+
+def test_capture_survives_an_rtsp_server_restart(tmp_path):
+    camera = RtspCamera(tmp_path)
+    camera.start()
+    d = DaemonProcess(tmp_path, colour_config(colour_model(tmp_path / "colour.onnx")))
+    cfg = tmp_path / "cam.yaml"
+    cfg.write_text(
+        f"url: {camera.url}\nto: {d.pull}\nsource: rtsp\nrtsp_transport: udp\nstall_timeout_s: 2\n"
+        "reconnect_max_s: 1\nsize: 160x120\n"
+    )
+    log = open(tmp_path / "capture.log", "w+")  # noqa: SIM115
+    capture = subprocess.Popen(
+        [sys.executable, "-m", "inferd", "--log-level", "info", "capture", "-c", str(cfg)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        with ResultSubscriber(d.results, "colour/rtsp") as sub:
+            before = labels(sub, 6)
+            assert {"red", "green"} <= set(before), (before, (tmp_path / "capture.log").read_text())
+            camera.stop()  # the camera reboots
+            time.sleep(4)
+            labels(sub, 0.5)  # whatever was in flight
+            camera.start()
+            after = labels(sub, 12)
+        text = (tmp_path / "capture.log").read_text()
+        assert "reconnecting" in text and text.count("streaming") >= 2, text
+        assert len(after) >= 10 and {"red", "green"} & set(after), (after, text)
+    finally:
+        capture.terminate()
+        capture.wait(15)
+        camera.stop()
+        assert d.stop() == 0
