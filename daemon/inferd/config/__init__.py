@@ -22,6 +22,7 @@ from inferd.config.model import (
     SegmentPostprocess,
     SmoothConfig,
 )
+from inferd.config.mqtt import MqttConfig
 from inferd.config.sections import (
     ZMQ_ADDRESS,
     CurveConfig,
@@ -53,6 +54,7 @@ __all__ = [
     "LoggingConfig",
     "MetricsConfig",
     "ModelConfig",
+    "MqttConfig",
     "Postprocess",
     "PreprocessConfig",
     "RawPostprocess",
@@ -92,6 +94,7 @@ class Config(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    mqtt: MqttConfig | None = Field(None, description="Publish results to an MQTT broker (docs/mqtt.md).")
 
     @model_validator(mode="after")
     def _routes_name_models(self) -> Config:

@@ -1,0 +1,95 @@
+"""The `mqtt:` section: results to an MQTT broker and Home Assistant (mqtt.py, homeassistant.py)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from inferd.config.base import Strict
+
+
+class PublishPolicy(Strict):
+    """How often a model's results (per source) go to the broker."""
+
+    mode: Literal["every", "rate", "change"] = Field(
+        "change",
+        description="every result; at most `max_per_s`; or only when it changes (top label, the set of "
+        "detected labels and their counts, the dominant segment class) plus a heartbeat.",
+    )
+    max_per_s: float = Field(1.0, gt=0, description="rate: results per second per source, at most.")
+    heartbeat_s: float = Field(60.0, gt=0, description="change: publish an unchanged result this often.")
+
+
+class HomeAssistantConfig(Strict):
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's MQTT discovery prefix.")
+    labels: list[str] = Field(
+        default_factory=list,
+        description="detect models: a binary sensor per source for each of these labels.",
+    )
+    off_delay_s: float = Field(
+        5.0, ge=0, description="Binary sensors turn off this long after the last sighting."
+    )
+
+
+class MqttTlsConfig(Strict):
+    ca_file: Path | None = Field(
+        None, description="CA certificate(s) to verify the broker (default: the system's)."
+    )
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client key (mutual TLS).")
+    insecure: bool = Field(False, description="Skip verifying the broker's certificate (testing only).")
+
+
+class MqttConfig(Strict):
+    broker: str = Field(
+        pattern=r"^mqtts?://[^/:]+(:\d+)?/?$",
+        description="mqtt://HOST[:PORT] (1883), mqtts://HOST[:PORT] (8883).",
+    )
+    topic_prefix: str = Field("inferd", description="Results on PREFIX/DEVICE/MODEL/SOURCE.")
+    device_id: str = Field(
+        default_factory=lambda: sanitize(socket.gethostname()), description="Default: the hostname."
+    )
+    client_id: str | None = Field(None, description="MQTT client id (default: inferd-DEVICE).")
+    username: str | None = None
+    password_file: Path | None = Field(
+        None, description="The password, alone in a file readable only by inferd."
+    )
+    tls: MqttTlsConfig | None = Field(None, description="TLS options (mqtts:// turns TLS on with defaults).")
+    qos: Literal[0, 1] = 0
+    keepalive_s: int = Field(30, ge=5)
+    outbox: int = Field(
+        1000, ge=1, description="Unsent messages kept while the broker is slow or away (oldest dropped)."
+    )
+    publish: PublishPolicy = Field(default_factory=PublishPolicy, description="The default policy.")
+    models: dict[str, PublishPolicy] = Field(
+        default_factory=dict, description="Per model policies; raw models publish only when listed here."
+    )
+    home_assistant: HomeAssistantConfig | None = None
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.strip("/") or re.search(r"[#+\s]", v):
+            raise ValueError(f"{v!r}: a topic prefix, without MQTT wildcards (# +) or spaces")
+        return v.strip("/")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError(f"{v!r}: letters, digits, _ and - only (it is a topic level and an id)")
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int, bool]:
+        m = re.match(r"^(mqtts?)://([^/:]+)(?::(\d+))?", self.broker)
+        tls = m.group(1) == "mqtts"
+        return m.group(2), int(m.group(3) or (8883 if tls else 1883)), tls
+
+
+def sanitize(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "inferd"

@@ -1,0 +1,209 @@
+"""Results out to an MQTT broker: a sink beside replies.py, never in inference's way.
+
+Workers `offer` each decoded result; the publish policy (every, rate, change + heartbeat) is
+decided there in a few dict operations, and what passes goes into a bounded outbox (the oldest
+is dropped and counted when it is full). One thread owns the paho-mqtt client: it connects
+(reconnecting with backoff), publishes availability (`online`, retained; the Last Will says
+`offline`), Home Assistant discovery (homeassistant.py), and drains the outbox. A slow or absent
+broker costs inference nothing but dropped messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from inferd.config.mqtt import MqttConfig, PublishPolicy
+from inferd.errors import ConfigError
+
+log = logging.getLogger("inferd.mqtt")
+
+
+def summary(decoded: dict | None, outputs) -> dict:
+    """What goes to the broker: the decoded result, or a raw model's shapes and argmax."""
+    if decoded is not None:
+        out = {k: v for k, v in decoded.items() if not k.startswith("_")}
+        if "segmentation" in out:  # the areas, not the mask
+            seg = out["segmentation"]
+            out["segmentation"] = {"width": seg["width"], "height": seg["height"], "areas": seg["areas"]}
+        return out
+    return {
+        "outputs": [{"shape": list(o.shape), "argmax": int(o.argmax()) if o.size else None} for o in outputs]
+    }
+
+
+def fingerprint(result: dict) -> Any:
+    """What 'changed' means: the top label, the detected labels with their counts, the dominant class."""
+    if "classes" in result:
+        return result["classes"][0]["label"] if result["classes"] else None
+    if "detections" in result:
+        counts: dict = {}
+        for d in result["detections"]:
+            key = d["label"] if d["label"] is not None else d["class"]
+            counts[key] = counts.get(key, 0) + 1
+        return tuple(sorted(counts.items(), key=str))
+    if "segmentation" in result:
+        areas = result["segmentation"]["areas"]
+        return max(areas, key=lambda a: a["fraction"])["class"] if areas else None
+    return tuple(o["argmax"] for o in result.get("outputs", []))
+
+
+class MqttSink:
+    def __init__(self, cfg: MqttConfig, metrics, raw_models: set[str] | None = None) -> None:
+        self.cfg, self.metrics = cfg, metrics
+        self.raw_models = raw_models or set()
+        self.outbox: deque = deque()
+        self._state: dict[
+            tuple[str, str], tuple[float, Any]
+        ] = {}  # (model, source) -> last sent, fingerprint
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self.connected = False
+        self.discovery = None
+        self.status_topic = f"{cfg.topic_prefix}/{cfg.device_id}/status"
+        self._thread: threading.Thread | None = None
+        self.client = self._client()
+
+    # ---- the workers' side -------------------------------------------------------------------
+
+    def policy(self, model: str) -> PublishPolicy | None:
+        p = self.cfg.models.get(model)
+        if p is None and model in self.raw_models:
+            return None  # raw models publish only when asked
+        return p or self.cfg.publish
+
+    def offer(self, model: str, source: str, header, decoded: dict | None, outputs, latency_s: float) -> None:
+        """Called by a worker for each result. Never blocks."""
+        policy = self.policy(model)
+        if policy is None:
+            return
+        now = time.monotonic()
+        key = (model, source)
+        last = self._state.get(key)
+        result = summary(decoded, outputs)
+        if policy.mode == "rate" and last is not None and now - last[0] < 1.0 / policy.max_per_s:
+            self.metrics.mqtt_messages.labels("skipped").inc()
+            return
+        mark = fingerprint(result) if policy.mode == "change" else None
+        if (
+            policy.mode == "change"
+            and last is not None
+            and mark == last[1]
+            and now - last[0] < policy.heartbeat_s
+        ):
+            self.metrics.mqtt_messages.labels("skipped").inc()
+            return
+        self._state[key] = (now, mark)
+        payload = {"model": model, "source": source, "seq": header.seq, "ts": header.ts,
+                   "latency_ms": round(latency_s * 1000, 3), **result}  # fmt: skip
+        topic = f"{self.cfg.topic_prefix}/{self.cfg.device_id}/{model}/{source}"
+        with self._cond:
+            if len(self.outbox) >= self.cfg.outbox:
+                self.outbox.popleft()
+                self.metrics.mqtt_messages.labels("dropped").inc()
+            self.outbox.append((topic, payload, model, source, result))
+            self._cond.notify()
+
+    # ---- the client thread -------------------------------------------------------------------
+
+    def _client(self):
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError:
+            raise ConfigError("mqtt: needs paho-mqtt (pip install 'inferd[mqtt]')") from None
+        cfg = self.cfg
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or f"inferd-{cfg.device_id}",
+            clean_session=True,
+        )
+        if cfg.username is not None or cfg.password_file is not None:
+            client.username_pw_set(cfg.username, read_password(cfg.password_file))
+        tls = cfg.host_port[2]
+        if tls or cfg.tls is not None:
+            t = cfg.tls
+            client.tls_set(
+                ca_certs=str(t.ca_file) if t and t.ca_file else None,
+                certfile=str(t.cert_file) if t and t.cert_file else None,
+                keyfile=str(t.key_file) if t and t.key_file else None,
+                cert_reqs=ssl.CERT_NONE if t and t.insecure else ssl.CERT_REQUIRED,
+            )
+            if t and t.insecure:
+                client.tls_insecure_set(True)
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(1, 30)
+        client.max_queued_messages_set(cfg.outbox)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        return client
+
+    def _on_connect(self, client, _userdata, _flags, reason, _props) -> None:
+        if reason.is_failure:
+            log.warning("broker %s refused the connection: %s", self.cfg.broker, reason)
+            return
+        if not self.connected:
+            log.info("connected to %s", self.cfg.broker)
+        self.connected = True
+        self.metrics.mqtt_connected.set(1)
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.discovery is not None:
+            self.discovery.connected()
+        with self._cond:
+            self._cond.notify()
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason, _props) -> None:
+        if self.connected:
+            log.warning(
+                "lost the broker %s (%s): results are kept in the outbox, then dropped",
+                self.cfg.broker,
+                reason,
+            )
+        self.connected = False
+        self.metrics.mqtt_connected.set(0)
+
+    def start(self) -> None:
+        host, port, _ = self.cfg.host_port
+        self.client.connect_async(host, port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()  # paho's network thread: connects, reconnects with backoff
+        self._thread = threading.Thread(target=self._drain, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        qos = self.cfg.qos
+        while not self._stop.is_set():
+            with self._cond:
+                if not self.outbox or not self.connected:
+                    self._cond.wait(0.5)
+                    continue
+                topic, payload, model, source, result = self.outbox.popleft()
+            if self.discovery is not None:
+                self.discovery.seen(model, source, result)
+            info = self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=qos)
+            self.metrics.mqtt_messages.labels("sent" if info.rc == 0 else "dropped").inc()
+
+    def stop(self) -> None:
+        """A clean stop says `offline` itself (the Last Will is for crashes)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+        if self.connected:
+            self.client.publish(self.status_topic, "offline", qos=1, retain=True).wait_for_publish(2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.metrics.mqtt_connected.set(0)
+
+
+def read_password(path) -> str | None:
+    if path is None:
+        return None
+    try:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"mqtt.password_file {path} is readable by others: chmod 600 {path}")
+        return path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"mqtt.password_file {path}: {e.strerror}") from None
