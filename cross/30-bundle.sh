@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Step 30: dist/inferd-VERSION-ARCH.tar.gz: wheels, systemd files, default config, example models,
-# docs and install.sh, in one folder inferd-VERSION-ARCH/. Deterministic file order and mtimes.
+# docs, install.sh and build-info.json (the exact versions inside), in one folder
+# inferd-VERSION-ARCH/ with a SHA256SUMS of every file (install.sh refuses a bundle that does not match
+# it). Reproducible: sorted names, fixed owner, modes and mtimes (the last commit's), gzip -n.
 #   30-bundle.sh ARCH WHEELHOUSE OUT.tar.gz
 set -euo pipefail
 source "$(dirname "$0")/../qemu/lib.sh"
+[ $# = 3 ] || die "usage: ${0##*/} ARCH WHEELHOUSE OUT.tar.gz"
 arch_vars "$1"
 STEP="30 bundle $ARCH"
 WHEELS=$2 OUT=$3
 VERSION=$(inferd_version)
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(source_date_epoch)}
+umask 022
 NAME=inferd-$VERSION-$ARCH
 STAGE=$(dirname "$WHEELS")/stage
 rm -rf "$STAGE" && mkdir -p "$STAGE/$NAME"
@@ -40,12 +45,13 @@ SYSTEM_SITE_PACKAGES="$SYSTEM_SITE"
 DEBIAN_PACKAGES="$DEBS"
 IMPORTS="$IMPORTS"
 ENV
+pins build-info "$ARCH" "$D/wheels" >"$D/build-info.json"
 (cd "$D" && find . -type f ! -name SHA256SUMS | LC_ALL=C sort | xargs sha256sum >SHA256SUMS)
 mkdir -p "$(dirname "$OUT")"
-# Reproducible: sorted names, fixed owner and the last commit's time as mtime.
-MTIME=$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0)
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$MTIME" -C "$STAGE" -cf - "$NAME" |
+# Reproducible: sorted names, fixed owner and modes, the last commit's time as every mtime.
+tar --sort=name --owner=0 --group=0 --numeric-owner --mode=u+rw,go=rX --mtime="@$SOURCE_DATE_EPOCH" \
+    -C "$STAGE" -cf - "$NAME" |
     gzip -n -6 >"$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 rm -rf "$STAGE"
-say "$OUT ($(du -h "$OUT" | cut -f1))"
+say "$OUT ($(du -h "$OUT" | cut -f1)) sha256 $(sha256sum "$OUT" | cut -c1-16)"

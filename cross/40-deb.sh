@@ -3,6 +3,9 @@
 # (qemu/ step 10) under qemu-user, at its final path /opt/inferd, so its python and compiled wheels
 # are the target's; then it is copied out and packed with dpkg-deb beside the unit, sysusers,
 # tmpfiles, the default config (a conffile) and the maintainer scripts in debian/.
+# /opt/inferd/share/doc/inferd/build-info.json records the wheels (the lock's) and the version of every
+# Debian package of that root filesystem (debootstrap takes what the mirror has on the day: bookworm
+# point releases cannot be pinned without snapshot.debian.org, so they are recorded instead).
 #   40-deb.sh ROOTFS WHEELHOUSE OUT.deb
 set -euo pipefail
 source "$(dirname "$0")/../qemu/lib.sh"
@@ -10,6 +13,8 @@ arch_vars aarch64
 STEP="40 deb $DEB_ARCH"
 ROOTFS=$1 WHEELS=$2 OUT=$3
 VERSION=$(inferd_version)
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(source_date_epoch)}
+umask 022
 need_root
 host_tools
 binfmt_ready
@@ -22,7 +27,9 @@ chroot_mount "$ROOTFS"
 bind_into "$WHEELS" "$ROOTFS/wheels" ro
 venv() {
     in_chroot "$ROOTFS" python3 -m venv --without-pip /opt/inferd
-    in_chroot "$ROOTFS" sh -c 'PIP_ROOT_USER_ACTION=ignore /opt/inferd/bin/python "$(ls /wheels/pip-*.whl)/pip" \
+    # SOURCE_DATE_EPOCH: pip's .pyc files are hash-checked rather than stamped with install times.
+    in_chroot "$ROOTFS" sh -c 'SOURCE_DATE_EPOCH='"$SOURCE_DATE_EPOCH"' PIP_ROOT_USER_ACTION=ignore \
+        /opt/inferd/bin/python "$(ls /wheels/pip-*.whl)/pip" \
         --disable-pip-version-check --no-input --no-cache-dir install -q --no-index --find-links /wheels \
         --no-warn-script-location "inferd[onnx,tflite]"'
     in_chroot "$ROOTFS" /opt/inferd/bin/python -c \
@@ -30,6 +37,8 @@ venv() {
 }
 say "building the venv /opt/inferd in the arm64 chroot (emulated: ~1-2 min)"
 timed "deb venv (qemu-user)" venv
+DPKG=$(dirname "$WHEELS")/deb-dpkg.txt
+in_chroot "$ROOTFS" dpkg-query -W -f='${Package}\t${Version}\n' | LC_ALL=C sort >"$DPKG"
 chroot_umount
 
 # 2. The package tree.
@@ -44,6 +53,8 @@ cp "$REPO"/examples/models/{classifier_int8.onnx,classifier_float.onnx,classifie
     "$STAGE/usr/share/inferd/models/"
 cp "$REPO/README.md" "$REPO/docs/deploy.md" "$REPO/systemd/inferd.service.d-example.conf" \
     "$STAGE/opt/inferd/share/doc/inferd/"
+pins build-info aarch64 "$WHEELS" "$DPKG" "$STAGE/opt/inferd/lib/python3.11/site-packages" \
+    >"$STAGE/opt/inferd/share/doc/inferd/build-info.json"
 ln -s /opt/inferd/bin/inferd "$STAGE/usr/bin/inferd"
 echo /etc/inferd/inferd.yaml >"$STAGE/DEBIAN/conffiles"
 install -m 0755 "$REPO"/cross/debian/{postinst,prerm,postrm} "$STAGE/DEBIAN/"
@@ -54,8 +65,7 @@ sed -e "s/@VERSION@/$VERSION/; s/@DEB_ARCH@/$DEB_ARCH/; s/@SIZE@/$SIZE/" "$REPO/
 
 # 3. Pack.
 mkdir -p "$(dirname "$OUT")"
-pack() { SOURCE_DATE_EPOCH=$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0) \
-    dpkg-deb --root-owner-group -Zxz -z6 --build "$STAGE" "$OUT.tmp" >/dev/null; }
+pack() { dpkg-deb --root-owner-group -Zxz -z6 --build "$STAGE" "$OUT.tmp" >/dev/null; }
 timed "deb pack (dpkg-deb xz)" pack
 mv "$OUT.tmp" "$OUT"
 rm -rf "$STAGE"

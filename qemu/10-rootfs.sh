@@ -29,6 +29,12 @@ build() {
         die "debootstrap failed (full log: $OUT.log)"
 }
 timed "rootfs-$DEB_ARCH (debootstrap)" build
+# debootstrap sometimes leaves TMP/proc mounted (its umount races the last emulated maintainer
+# script): a tree with mounts must not become OUT (cp -a and mkfs -d would copy /proc).
+for m in $(awk -v t="$TMP/" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r); do
+    say "unmounting $m (left by debootstrap)"
+    umount -l "$m"
+done
 # Downloaded .debs are not needed in a tree that becomes an image.
 rm -rf "$TMP"/var/cache/apt/archives/*.deb
 rm -rf "$OUT"

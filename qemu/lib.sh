@@ -172,6 +172,10 @@ target_download() {  # target_download WHEEL_ARCH DEST PIP-ARGS... : binary whee
 }
 
 inferd_version() { sed -n 's/^version *= *"\(.*\)"/\1/p' "$REPO/pyproject.toml" | head -1; }
+# Reproducible builds: file dates inside the wheel, the bundle and the .deb are the last commit's.
+source_date_epoch() { git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0; }
+# cross/pins.py (locks, build-info.json, comparisons) with the project venv's python (packaging).
+pins() { "$REPO/.venv/bin/python" "$REPO/cross/pins.py" "$@"; }
 
 # Every qemu-system process we start writes a pid file in build/run/; this kills exactly those
 # (checking the pid still is that qemu), never anything else.

@@ -250,7 +250,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
                 return 0
             print(f"inferd reload: failed: {verdict.get('message')}", file=sys.stderr)
             return 1
-        if not os.path.exists(f"/proc/{pid}"):
+        if not alive(pid):
             print(f"inferd reload: inferd (pid {pid}) exited during the reload", file=sys.stderr)
             return 1
         time.sleep(0.05)
@@ -262,8 +262,23 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 1
 
 
+def alive(pid: int) -> bool:
+    """Signal 0: works where /proc/PID is hidden (the unit's ProtectProc=invisible hides the
+    daemon's /proc entry from ExecReload's process, found by the QEMU boot)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def runtime_dir_of(pid: int) -> str | None:
-    """The daemon's $RUNTIME_DIRECTORY (where it writes reload verdicts), read from /proc."""
+    """The daemon's $RUNTIME_DIRECTORY (where it writes reload verdicts), read from /proc; None when
+    that is hidden (under the unit, ExecReload has the same $RUNTIME_DIRECTORY itself)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
             for item in f.read().split(b"\0"):

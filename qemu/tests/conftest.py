@@ -28,6 +28,9 @@ run on this x86 host with inferd's own load_model/predict).
 
 Everything skips with a reason when the image or the package is not built, so a bare
 ``pytest -m qemu qemu/tests`` does not explode; ``make -C qemu test-system`` builds them first.
+In CI (``INFERD_CI=1``, set by ``make -C qemu ci`` and .ci/run) a skip is a failure: a comparison
+that cannot run (no image, no .venv-legacy for the x86 tflite-runtime reference, no root...) must
+turn CI red, not pass unnoticed. Strict xfails keep their meaning.
 """
 
 from __future__ import annotations
@@ -102,6 +105,20 @@ IPAddressAllow=10.0.2.2/32
 
 def log(msg: str) -> None:
     print(f"[qemu] {msg}", file=sys.__stderr__, flush=True)
+
+
+CI = os.environ.get("INFERD_CI", "") not in ("", "0")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """INFERD_CI=1: every skip of a qemu test (in setup or in the test) is reported as a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and INFERD_CI=1 (CI must run every ARM test): {reason}"
 
 
 @pytest.fixture(scope="session")

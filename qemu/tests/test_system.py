@@ -2,7 +2,10 @@
 
 The package is installed offline in the guest, the unit runs under the guest's real systemd with
 all its hardening (MemoryDenyWriteExecute=yes included), and frames go in over the forwarded
-ZeroMQ router port. The tests run in file order; the kill -9 one comes last.
+ZeroMQ router port. The tests run in file order: install, hardening, x86 equality, metrics,
+MemoryDenyWriteExecute, a tcp endpoint, then the ones that disturb the service (kill -9, reload,
+a failed reload, the watchdog), each restoring the test config after itself. install.sh's own
+upgrade and rollback paths are tested in ARM root filesystems by test_install.py.
 """
 
 from __future__ import annotations
