@@ -238,7 +238,19 @@ def installed(guest: Guest) -> dict:
     state = service.show("ActiveState", "SubState", "Type", "MainPID", "StatusText", "UnitFileState", "User")
     log(f"installed ({INSTALL}) in {seconds:.0f} s; inferd.service: {state}")
     journal = service.journal(15)
-    return {"seconds": seconds, "output": out.stdout, "default_state": state, "journal": journal}
+    rss_kb = None
+    if state.get("MainPID", "0") != "0":  # memory at ready on the packaged default config
+        status = guest.ssh(f"cat /proc/{state['MainPID']}/status", check=False).stdout
+        rss_kb = next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None
+        )
+    return {
+        "seconds": seconds,
+        "output": out.stdout,
+        "default_state": state,
+        "journal": journal,
+        "rss_kb": rss_kb,
+    }
 
 
 @pytest.fixture(scope="session")
