@@ -56,6 +56,8 @@ def fingerprint(result: dict) -> Any:
 class MqttSink:
     def __init__(self, cfg: MqttConfig, metrics, raw_models: set[str] | None = None) -> None:
         self.cfg, self.metrics = cfg, metrics
+        self._skipped = metrics.mqtt_messages.labels("skipped")  # children cached: offer runs per frame
+        self._dropped = metrics.mqtt_messages.labels("dropped")
         self.raw_models = raw_models or set()
         self.outbox: deque = deque()
         self._state: dict[
@@ -85,10 +87,10 @@ class MqttSink:
         now = time.monotonic()
         key = (model, source)
         last = self._state.get(key)
-        result = summary(decoded, outputs)
         if policy.mode == "rate" and last is not None and now - last[0] < 1.0 / policy.max_per_s:
-            self.metrics.mqtt_messages.labels("skipped").inc()
+            self._skipped.inc()  # decided before any work on the result
             return
+        result = summary(decoded, outputs)
         mark = fingerprint(result) if policy.mode == "change" else None
         if (
             policy.mode == "change"
@@ -96,7 +98,7 @@ class MqttSink:
             and mark == last[1]
             and now - last[0] < policy.heartbeat_s
         ):
-            self.metrics.mqtt_messages.labels("skipped").inc()
+            self._skipped.inc()
             return
         self._state[key] = (now, mark)
         payload = {"model": model, "source": source, "seq": header.seq, "ts": header.ts,
@@ -105,7 +107,7 @@ class MqttSink:
         with self._cond:
             if len(self.outbox) >= self.cfg.outbox:
                 self.outbox.popleft()
-                self.metrics.mqtt_messages.labels("dropped").inc()
+                self._dropped.inc()
             self.outbox.append((topic, payload, model, source, result))
             self._cond.notify()
 

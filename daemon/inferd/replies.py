@@ -137,9 +137,10 @@ class Replies:
 
     def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
         h = frame.header
+        latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
         sink = self.sink
         if sink is not None:  # before the mask's PNG is taken out of `decoded` below
-            sink.offer(model.name, h.source, h, decoded, outputs, time.time() - (h.ts or frame.received_wall))
+            sink.offer(model.name, h.source, h, decoded, outputs, latency)
         if frame.codec is not None:  # a foreign protocol's request (frigate.py)
             self.send_parts(frame.reply_to, frame.codec.result(decoded))
         else:
@@ -149,7 +150,6 @@ class Replies:
                 tensors = [o if o.flags.c_contiguous else o.tobytes() for o in outputs]
             head = self._result_header(h, model, outputs, decoded, t)
             self._send_encoded(frame.reply_to, model.name, h.source, head, tensors)
-        latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
         hist = self._latency.get((model.name, h.source))
         if hist is None:
             hist = self._latency[(model.name, h.source)] = self.metrics.frame_latency_seconds.labels(

@@ -330,10 +330,7 @@ class Transport:
                 return
             self._sources.add(source)
         frame = Frame(header, [], time.monotonic(), time.time(), reply_to, cfg.max_elements)
-        counter = self._received.get(source)
-        if counter is None:
-            counter = self._received[source] = self.metrics.frames_received.labels(source)
-        counter.inc()
+        self._count_received(source)
         payloads = parts[1:]
         try:
             if len(payloads) != len(header.parts):

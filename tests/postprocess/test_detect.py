@@ -97,3 +97,12 @@ def test_tflite_ssd_boxes_are_mapped_from_the_normalized_input():
     outs = [boxes, np.array([[2]], np.float32), np.array([[0.6]], np.float32), np.array([1], np.float32)]
     (d,) = detect("ssd", outs, list("abc"))["detections"]
     assert d["label"] == "c" and d["box"] == [320.0, 80.0, 640.0, 400.0]
+
+
+def test_a_dynamic_output_that_turns_out_ambiguous_fails_that_frame_not_the_worker():
+    """Dynamic dims are decided per frame: an undecidable one is the frame's decode error
+    (ValueError, which Model.decode answers as an inference error), not an internal crash."""
+    dynamic = [TensorSpec("o", (1, None, None), np.dtype(np.float32))]
+    post = Detect(DetectPostprocess(type="detect", format="yolo"), dynamic, None, "m")
+    with pytest.raises(ValueError, match=r"set postprocess\.layout"):
+        post([np.zeros((1, 6, 6), np.float32)], "cam0", LETTERBOX)

@@ -20,3 +20,8 @@ def output_index(outputs: Sequence[TensorSpec], key: int | str, model: str) -> i
     if key not in names:
         raise ConfigError(f"model {model!r}: postprocess output {key!r} does not exist; outputs: {names}")
     return names.index(key)
+
+
+def label(labels: list[str] | None, index: int) -> str | None:
+    """The class name of `index`, when the model has labels covering it."""
+    return labels[index] if labels and 0 <= index < len(labels) else None

@@ -10,7 +10,7 @@ import numpy as np
 
 from inferd.backends.base import TensorSpec
 from inferd.config import ClassifyPostprocess, SmoothConfig
-from inferd.postprocess.base import Decoded, output_index
+from inferd.postprocess.base import Decoded, label, output_index
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -61,8 +61,5 @@ class Classify:
             score = float(scores[i])
             if self.cfg.min_score is not None and score < self.cfg.min_score:
                 break
-            classes.append({"index": i, "label": self._label(i), "score": score})
+            classes.append({"index": i, "label": label(self.labels, i), "score": score})
         return {"classes": classes}
-
-    def _label(self, i: int) -> str | None:
-        return self.labels[i] if self.labels and i < len(self.labels) else None

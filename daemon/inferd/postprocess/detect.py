@@ -16,7 +16,7 @@ from inferd.config import DetectPostprocess
 from inferd.errors import ConfigError
 from inferd.geometry import Geometry
 from inferd.postprocess.anchors import Anchors
-from inferd.postprocess.base import Decoded, output_index
+from inferd.postprocess.base import Decoded, label, output_index
 from inferd.postprocess.nms import nms, weighted_nms
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]  # boxes, scores, classes, kps
@@ -97,7 +97,10 @@ class Detect:
 
     def _yolo(self, outputs: list[np.ndarray]) -> Candidates:
         out = np.asarray(outputs[self.indices[0]], np.float32)
-        layout = self.layout or self._guess(out.shape)
+        try:
+            layout = self.layout or self._guess(out.shape)
+        except ConfigError as e:  # dynamic dims decided per frame: the frame's error, not a crash
+            raise ValueError(str(e)) from None
         out = out.reshape(out.shape[-2:]) if out.ndim > 2 else out
         rows = out.T if layout == "cn" else out  # a view: candidates as rows
         first = 4 + self.extra
@@ -210,7 +213,7 @@ class Detect:
                 "box": rounded[i],
                 "score": s,
                 "class": c,
-                "label": labels[c] if labels and 0 <= c < len(labels) else None,
+                "label": label(labels, c),
             }
             if rounded_norm is not None:
                 det["box_norm"] = rounded_norm[i]

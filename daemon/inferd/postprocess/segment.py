@@ -11,7 +11,7 @@ import numpy as np
 from inferd.backends.base import TensorSpec
 from inferd.config import SegmentPostprocess
 from inferd.geometry import Geometry
-from inferd.postprocess.base import Decoded, output_index
+from inferd.postprocess.base import Decoded, label, output_index
 
 PARTS = "_parts"  # key of a decoded result's binary attachments (sent as reply parts, see replies.py)
 
@@ -81,7 +81,7 @@ class Segment:
             mask = to_frame(mask, geometry)
         counts = np.bincount(mask.ravel(), minlength=n)
         areas = [
-            {"class": c, "label": self._label(c), "fraction": round(float(k) / mask.size, 6)}
+            {"class": c, "label": label(self.labels, c), "fraction": round(float(k) / mask.size, 6)}
             for c, k in enumerate(counts.tolist())
             if k
         ]
@@ -100,6 +100,3 @@ class Segment:
             seg["part"] = 0
             out[PARTS] = [png(mask)]
         return out
-
-    def _label(self, c: int) -> str | None:
-        return self.labels[c] if self.labels and c < len(self.labels) else None
