@@ -50,6 +50,13 @@ def save(name: str, data: dict) -> Path:
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Daemon:
     """`inferd run` in a subprocess on a generated config (ipc sockets in a temp dir)."""
 
@@ -80,9 +87,7 @@ class Daemon:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def scrape(self) -> dict:
         import urllib.request

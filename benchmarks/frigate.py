@@ -18,7 +18,7 @@ import time
 import numpy as np
 import zmq
 
-from benchmarks.common import MODELS, Daemon, free_port, percentiles, save
+from benchmarks.common import MODELS, Daemon, cpu_seconds, free_port, percentiles, save
 from benchmarks.models import model as bench_model
 
 CASES = {  # name: model, the tensor Frigate sends (it fits the model: no preprocessing either side)
@@ -50,8 +50,10 @@ def bare_server(path: str, address: str, threads: int, ready) -> None:
         sock.send_multipart([head, np.zeros((20, 6), np.float32)])
 
 
-def frigate_client(address: str, tensor: np.ndarray, seconds: float) -> dict:
-    """Frigate's zmq detector client: REQ, one request, wait for the answer, next."""
+def frigate_client(address: str, tensor: np.ndarray, seconds: float, server_pid: int) -> dict:
+    """Frigate's zmq detector client: REQ, one request, wait for the answer, next. Also the
+    server's CPU time per request (all its threads): unlike requests/s it barely moves when
+    other work shares the cores."""
     sock = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.RCVTIMEO, 10000)
     sock.setsockopt(zmq.LINGER, 0)
@@ -64,6 +66,7 @@ def frigate_client(address: str, tensor: np.ndarray, seconds: float) -> dict:
         sock.send_multipart([head, payload])
         sock.recv_multipart()
     lat, n = [], 0
+    cpu0 = cpu_seconds(server_pid)
     start = time.perf_counter()
     end = start + seconds
     while time.perf_counter() < end:
@@ -73,8 +76,9 @@ def frigate_client(address: str, tensor: np.ndarray, seconds: float) -> dict:
         lat.append(time.perf_counter() - t0)
         n += 1
     elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(server_pid) - cpu0
     sock.close()
-    return {"rps": round(n / elapsed, 1), **percentiles(lat)}
+    return {"rps": round(n / elapsed, 1), "server_cpu_ms": round(cpu / n * 1000, 3), **percentiles(lat)}
 
 
 def address(transport: str, tmp: str, name: str) -> str:
@@ -92,7 +96,7 @@ def run_case(name: str, seconds: float, threads: int, transport: str) -> dict:
     server.start()
     ready.wait(60)
     try:
-        a = frigate_client(bare_addr, tensor, seconds)
+        a = frigate_client(bare_addr, tensor, seconds, server.pid)
     finally:
         server.terminate()
         server.join(10)
@@ -102,14 +106,15 @@ def run_case(name: str, seconds: float, threads: int, transport: str) -> dict:
         endpoints_yaml=f'  - {{type: frigate, bind: "{inferd_addr}", model: m}}\n',
     )
     try:
-        b = frigate_client(inferd_addr, tensor, seconds)
+        b = frigate_client(inferd_addr, tensor, seconds, d.proc.pid)
     finally:
         d.stop()
     ratio = round(b["rps"] / a["rps"], 3)
     print(
         f"{name:6} {model:18} bare REP {a['rps']:7.1f}/s p50 {a['p50_ms']:.3f} ms | inferd frigate "
         f"{b['rps']:7.1f}/s p50 {b['p50_ms']:.3f} ms | {ratio:.3f}x | round trip added "
-        f"{b['p50_ms'] - a['p50_ms']:.3f} ms (p50)",
+        f"{b['p50_ms'] - a['p50_ms']:.3f} ms (p50) | server CPU/request {a['server_cpu_ms']:.3f} vs "
+        f"{b['server_cpu_ms']:.3f} ms",
         flush=True,
     )
     return {"model": model, "tensor": list(shape), "threads": threads, "transport": transport,

@@ -1,7 +1,7 @@
 """Per-source queues per model, drop policies, fair scheduling, and the worker threads.
 
 Data flow: transport (IO thread) -> ModelQueue.put -> Worker.take -> preprocess -> backend
--> postprocess -> Outbox (back to the IO thread, which owns the sockets).
+-> postprocess -> replies (to the peer that asked, or published).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Frame:
     payloads: list[Any]  # zmq.Frame / bytes, one per header part
     received: float  # time.monotonic() at receipt
     received_wall: float  # time.time() at receipt
-    reply_to: tuple[int, list[Any]] | None = None  # (router endpoint index, envelope); None: publish
+    reply_to: tuple[Any, list[Any]] | None = None  # (transport.Endpoint, envelope); None: publish
     max_elements: int | None = None
     arrays: list[np.ndarray] | None = None
     codec: Any = None  # a foreign protocol's reply encoder (frigate.py); None: inferd's own replies

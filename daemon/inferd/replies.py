@@ -1,8 +1,9 @@
-"""Result and error messages: built by the workers, published on PUB or handed to the IO thread.
+"""Result and error messages: built by the workers, sent to the peer that asked or published.
 
 Results for subscribers go straight out on the PUB socket (shared under a lock, never touched
-by the IO thread); replies to a ROUTER peer, and wake-ups, go through each thread's own inproc
-PUSH socket (the outbox) to the IO thread, which owns the ROUTER sockets.
+by the IO thread); replies to a ROUTER peer go out on that endpoint's socket under its lock
+(transport.Endpoint.reply). Wake-ups for the IO thread go through each thread's own inproc PUSH
+socket (the outbox).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from inferd.protocol import VERSION, encode_header, tensor_specs
 log = logging.getLogger("inferd.transport")
 
 OUTBOX = "inproc://inferd-outbox"
-REPLY = b"R"  # outbox messages: REPLY + endpoint id, then the envelope and the reply
-WAKE = b"W"  # outbox message: a queue has room again (retry the frames held back)
+WAKE = b"W"  # outbox message: a queue has room again, or a request arrived while a reply was sent
 _MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 
 
@@ -106,7 +106,7 @@ class Replies:
     def _send_encoded(self, reply_to, model: str, source: str, head: bytes, tensors=()) -> None:
         if reply_to is not None:
             ep, envelope = reply_to
-            parts = [REPLY + ep.to_bytes(2, "big"), *envelope, head, *tensors]
+            ep.reply([*envelope, head, *tensors])
         else:
             topic = f"{model or '_'}/{source or '_'}".encode()
             # Results go straight out on the PUB socket, shared under a lock (a mutex is the
@@ -128,18 +128,18 @@ class Replies:
                         pub.send(tensors[-1], _LAST, copy=False)
                     else:
                         pub.send(head, _LAST)
-            return
-        self._socket().send_multipart(parts, copy=False)
 
-    def wake(self) -> None:
-        """Wake the IO thread (a fifo queue it could not fill has room now)."""
-        self._socket().send(WAKE)
+    def wake(self, endpoint: int | None = None) -> None:
+        """Wake the IO thread: a fifo queue it could not fill has room now, or a request reached
+        `endpoint` while a reply was sent there (the reply took the signal of its socket's FD)."""
+        self._socket().send(WAKE if endpoint is None else WAKE + endpoint.to_bytes(2, "big"))
 
     def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
         h = frame.header
         latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
         sink = self.sink
-        if sink is not None:  # before the mask's PNG is taken out of `decoded` below
+        if sink is not None and frame.reply_to is None:  # streamed frames only (docs/mqtt.md);
+            # before the mask's PNG is taken out of `decoded` below
             sink.offer(model.name, h.source, h, decoded, outputs, latency)
         if frame.codec is not None:  # a foreign protocol's request (frigate.py)
             self.send_parts(frame.reply_to, frame.codec.result(decoded))
@@ -173,7 +173,7 @@ class Replies:
     def send_parts(self, reply_to, parts: list) -> None:
         """A reply already encoded (a foreign protocol's) to a router-like peer."""
         ep, envelope = reply_to
-        self._socket().send_multipart([REPLY + ep.to_bytes(2, "big"), *envelope, *parts], copy=False)
+        ep.reply([*envelope, *parts])
 
     def _frame_error(self, frame: Frame, model: str, reason: str, message: str) -> None:
         if frame.codec is not None:

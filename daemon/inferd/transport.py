@@ -1,9 +1,13 @@
-"""ZeroMQ sockets: ingest (PULL / SUB / ROUTER), results (PUB), and the IO thread that owns them.
+"""ZeroMQ sockets: ingest (PULL / SUB / ROUTER), results (PUB), and the IO thread that reads them.
 
-ZeroMQ sockets are not thread-safe, so one IO thread owns every ingest socket. Workers publish
-results on the PUB socket under a lock and hand replies for ROUTER peers back through an
-inproc PUSH socket of their own (the outbox, see replies.py); the IO thread forwards those to
-the peer that asked. Tensors travel with copy=False.
+ZeroMQ sockets are not thread-safe: a socket used from several threads must be used under a
+mutex (the "full fence" libzmq asks for). The IO thread reads every ingest socket. A worker
+answers a ROUTER peer itself, on the endpoint's socket under the endpoint's lock (no hand-over to
+the IO thread: in request/reply the round trip is the throughput), and publishes results on the
+PUB socket under its lock. So the IO thread cannot let zmq_poll look inside a ROUTER socket while
+a worker sends on it: it polls the socket's file descriptor (ZMQ_FD, edge-triggered) instead,
+reads until EAGAIN under the lock, and a worker whose send took in the news of a new request
+(ZMQ_EVENTS says POLLIN) wakes the IO thread through the outbox. Tensors travel with copy=False.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ from inferd.frigate import FrigateRequests, error_reply
 from inferd.pipeline import Frame
 from inferd.protocol import decode_header, decode_payload
 from inferd.publisher import answer_hellos, bind_results, unlink_ipc
-from inferd.replies import OUTBOX, REPLY, Replies
+from inferd.replies import OUTBOX, Replies
 from inferd.security import load_secret, secure_ipc
 
 log = logging.getLogger("inferd.transport")
 
 MAX_SOURCES = 1024  # bounds metric label cardinality against senders inventing source names
 SWEEP_S = 0.02  # how often queued frames are checked for passed deadlines
+_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 def ensure_ipc_dir(address: str) -> None:
@@ -44,11 +50,62 @@ def ensure_ipc_dir(address: str) -> None:
 
 
 class Endpoint:
-    """One ingest socket with its config and a stable id (replies find their socket by id)."""
+    """One ingest socket with its config and a stable id.
 
-    def __init__(self, eid: int, cfg: EndpointConfig, sock: zmq.Socket, frigate=None) -> None:
+    A router-like endpoint (router, frigate) is answered by the workers: `reply` sends on its
+    socket under `lock`, which the IO thread also holds while it reads.
+    """
+
+    def __init__(self, eid: int, cfg: EndpointConfig, sock: zmq.Socket, frigate=None, wake=None) -> None:
         self.id, self.cfg, self.sock = eid, cfg, sock
         self.frigate: FrigateRequests | None = frigate  # a frigate endpoint's request parser
+        self.replies = cfg.type in ("router", "frigate")
+        self.lock = threading.Lock()
+        self.closed = False
+        self.wake = wake  # wakes the IO thread (a reply's send saw a new request arrive)
+        self.io_thread: int | None = None  # the IO thread's ident: it reads on anyway, no wake needed
+        self.fd = sock.getsockopt(zmq.FD)
+
+    def reply(self, parts: list) -> None:
+        """Send a reply to a peer (any thread). A peer that went away is not an error."""
+        with self.lock:
+            if self.closed:
+                return  # the endpoint went away in a reload or at stop
+            sock = self.sock
+            try:  # part by part with int flags: send_multipart's enum arithmetic costs more
+                for part in parts[:-1]:
+                    sock.send(part, _MORE, copy=False)
+                sock.send(parts[-1], _LAST, copy=False)
+            except zmq.ZMQError as e:  # ROUTER takes or drops a whole message at its first part
+                log.debug("reply to a router peer not sent: %s", e)
+            # the send may have consumed the FD's signal of a request that arrived meanwhile
+            arrived = sock.getsockopt(_EVENTS) & _POLLIN
+        if arrived and self.wake is not None and threading.get_ident() != self.io_thread:
+            self.wake(self.id)
+
+    def recv(self) -> list[zmq.Frame] | None:
+        """The next message, or None (IO thread)."""
+        if not self.replies:
+            try:
+                return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+        with self.lock:
+            if not self.sock.getsockopt(_EVENTS) & _POLLIN:  # cheaper than raising Again
+                return None
+            try:
+                return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.sock.close(linger=0)
+
+    def reopen(self, sock: zmq.Socket) -> None:
+        with self.lock:
+            self.sock, self.fd, self.closed = sock, sock.getsockopt(zmq.FD), False
 
 
 class Transport:
@@ -72,6 +129,7 @@ class Transport:
         self._received: dict = {}  # source -> its frames_received counter (labels() is not free)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._next_id = 0
+        self._io_thread: int | None = None
         self.last_loop = time.monotonic()
 
     def bind(self) -> None:
@@ -103,7 +161,8 @@ class Transport:
             model = next((m for m in self.config.models if m.name == cfg.model), None)
             frigate = FrigateRequests(cfg, getattr(model.postprocess, "format", None) if model else None)
         sock = self._socket(cfg, self._next_id)
-        ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, sock, frigate)
+        ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, sock, frigate, self.replies.wake)
+        ep.io_thread = self._io_thread
         return ep
 
     def _publisher(self, res: ResultsConfig) -> zmq.Socket:
@@ -196,7 +255,7 @@ class Transport:
         new_addrs = {c.bind for c in added_cfgs if c.bind}
         early = [e for e in removed if e.cfg.bind in new_addrs]
         for e in early:
-            e.sock.close(linger=0)
+            e.close()
         added: list[Endpoint] = []
         new_pub = None
         try:
@@ -208,14 +267,14 @@ class Transport:
                 new_pub = self._publisher(config.results)
         except OSError:
             for e in added:
-                e.sock.close(linger=0)
+                e.close()
                 del self.endpoints[e.id]
             for e in early:  # best effort: put the released addresses back
-                e.sock = self._socket(e.cfg, e.id)
+                e.reopen(self._socket(e.cfg, e.id))
             raise
         for e in removed:
             if e not in early:
-                e.sock.close(linger=0)
+                e.close()
                 unlink_ipc(e.cfg.bind)
             self._pending.pop(e.id, None)
             del self.endpoints[e.id]
@@ -236,33 +295,43 @@ class Transport:
     # ---- the IO loop -------------------------------------------------------------------------
 
     def run(self) -> None:
+        self._io_thread = threading.get_ident()
+        for ep in self.endpoints.values():
+            ep.io_thread = self._io_thread
         poller = zmq.Poller()
         poller.register(self.outbox, zmq.POLLIN)
-        polled: dict[int, zmq.Socket] = {}
+        polled: dict[int, tuple] = {}  # endpoint id -> what is registered (a socket, or its FD)
         last_sweep = time.monotonic()
+        more: set[int] = set()  # endpoints to read without waiting for their FD (see _due)
         while not self.stopped.is_set():
             self.last_loop = now = time.monotonic()
             while not self._calls.empty():
                 self._calls.get()()
             # endpoints with a frame waiting for room in a fifo queue are not read (backpressure);
             # while stopping every endpoint is read, and what arrives is answered `shutdown`
-            want = {i: e.sock for i, e in self.endpoints.items() if i not in self._pending}
-            for i, sock in polled.items():
-                if want.get(i) is not sock:
+            want = {i: self._pollable(e) for i, e in self.endpoints.items() if i not in self._pending}
+            for i, item in polled.items():
+                if want.get(i) != item:
                     with contextlib.suppress(KeyError, zmq.ZMQError):
-                        poller.unregister(sock)
-            for i, sock in want.items():
-                if polled.get(i) is not sock:
-                    poller.register(sock, zmq.POLLIN)
+                        poller.unregister(item[0])
+            for i, item in want.items():
+                if polled.get(i) != item:
+                    poller.register(item[0], zmq.POLLIN)
             polled = want
-            events = dict(poller.poll(5 if self._pending else 50))
+            events = dict(poller.poll(0 if more else 5 if self._pending else 50))
+            # nothing for 50 ms: every endpoint is read anyway (a safety net; costs ~5 us each)
+            due = more if events else set(polled)
             if self.outbox in events:
-                self._forward()
-            for i, sock in polled.items():
-                if sock in events:
-                    self._receive(self.endpoints[i])
+                due |= self._forward()
+            more = set()
+            for i, (item, _) in polled.items():
+                # a ROUTER's FD is edge-triggered: it is read when its FD fires, when a worker's
+                # reply took the FD's signal (the worker wakes us with its id), and until a read
+                # found nothing after its budget ran out or a held-back frame was let in
+                if (item in events or i in due) and self._receive(self.endpoints[i]):
+                    more.add(i)
             if self._pending:
-                self._retry_pending()
+                more |= self._retry_pending()
             if now - last_sweep >= SWEEP_S:
                 last_sweep = now
                 self.dispatcher.expire()
@@ -273,32 +342,38 @@ class Transport:
         self.replies.release()
         self._flush_outbox()
 
+    @staticmethod
+    def _pollable(ep: Endpoint) -> tuple:
+        """What the poller watches: a router-like endpoint's FD, any other endpoint's socket."""
+        return (ep.fd, ep.sock) if ep.replies else (ep.sock, ep.sock)
+
     def _answer_late(self, quiet: float = 0.05, limit: float = 1.0) -> None:
         """At stop: answer (`shutdown`) what reached the sockets since they were last read, until
         they stay quiet for `quiet` s, so no request that reached inferd goes unanswered."""
         poller = zmq.Poller()
         for e in self.endpoints.values():
-            poller.register(e.sock, zmq.POLLIN)
+            poller.register(self._pollable(e)[0], zmq.POLLIN)
         end = time.monotonic() + limit
+        for e in list(self.endpoints.values()):
+            self._receive(e)
         while time.monotonic() < end:
-            events = dict(poller.poll(quiet * 1000))
-            if not events:
+            if not poller.poll(quiet * 1000):
                 return
-            for e in list(self.endpoints.values()):
-                if e.sock in events:
-                    self._receive(e)
             self._forward()
+            for e in list(self.endpoints.values()):
+                self._receive(e)
 
-    def _receive(self, ep: Endpoint, budget: int = 64) -> None:
-        """Read up to `budget` messages from one endpoint without blocking (fair across endpoints)."""
+    def _receive(self, ep: Endpoint, budget: int = 64) -> bool:
+        """Read up to `budget` messages from one endpoint without blocking (fair across endpoints).
+        True when the budget ran out (more may be waiting)."""
         for _ in range(budget):
             if ep.id in self._pending:
-                return
-            try:
-                parts = ep.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+                return False
+            parts = ep.recv()
+            if parts is None:
+                return False
             self._ingest(ep, parts)
+        return True
 
     def _ingest(self, ep: Endpoint, parts: list[zmq.Frame]) -> None:
         cfg = ep.cfg
@@ -310,7 +385,7 @@ class Transport:
             # [identity, (b"" delimiter from REQ), header, payload...]
             cut = next((i for i, p in enumerate(parts[:8]) if len(p) == 0), 0)
             envelope, parts = parts[: cut + 1], parts[cut + 1 :]
-            reply_to = (ep.id, envelope)
+            reply_to = (ep, envelope)
         elif cfg.type == "sub":
             parts = parts[1:]  # the topic
         if not parts:
@@ -363,7 +438,7 @@ class Transport:
         """A Frigate detector request: [identity, "", header, tensor] (frigate.py)."""
         cut = next((i for i, p in enumerate(parts[:8]) if len(p) == 0), 0)
         envelope, parts = parts[: cut + 1], parts[cut + 1 :]
-        reply_to, source = (ep.id, envelope), ep.cfg.source
+        reply_to, source = (ep, envelope), ep.cfg.source
         self._count_received(source)
         try:
             header, image = ep.frigate.parse(parts)
@@ -385,32 +460,30 @@ class Transport:
             counter = self._received[source] = self.metrics.frames_received.labels(source)
         counter.inc()
 
-    def _retry_pending(self) -> None:
+    def _retry_pending(self) -> set[int]:
+        """Put held-back frames again; the ids of the endpoints that can be read again."""
+        freed = set()
         for eid, (frame, queues) in list(self._pending.items()):
             waiting = [q for q in queues if not q.put(frame)]
             if waiting:
                 self._pending[eid] = (frame, waiting)
             else:
                 del self._pending[eid]
+                freed.add(eid)
+        return freed
 
-    def _forward(self, budget: int = 256) -> None:
+    def _forward(self, budget: int = 256) -> set[int]:
+        """Drain the outbox (wake-ups: a queue has room; a request arrived during a reply, which
+        names its endpoint). The endpoints to read."""
+        due = set()
         for _ in range(budget):
             try:
-                parts = self.outbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = self.outbox.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            self._deliver(parts)
-
-    def _deliver(self, parts: list[zmq.Frame]) -> None:
-        kind = parts[0].bytes
-        if kind[:1] == REPLY:
-            ep = self.endpoints.get(int.from_bytes(kind[1:3], "big"))
-            if ep is None:
-                return  # the endpoint went away in a reload
-            try:
-                ep.sock.send_multipart(parts[1:], copy=False, flags=zmq.NOBLOCK)
-            except zmq.ZMQError as e:
-                log.debug("reply to a router peer not sent: %s", e)
+                break
+            if len(msg) == 3:
+                due.add(int.from_bytes(msg[1:3], "big"))
+        return due
 
     def _flush_outbox(self) -> None:
         while self.outbox.poll(0):
@@ -425,7 +498,7 @@ class Transport:
 
     def close_sockets(self) -> None:
         for ep in self.endpoints.values():
-            ep.sock.close(linger=0)
+            ep.close()
             unlink_ipc(ep.cfg.bind)
         self.endpoints.clear()
         self.set_pub(None)
