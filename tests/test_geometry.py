@@ -30,6 +30,16 @@ def test_letterbox_keeps_the_aspect_ratio_and_pads_with_the_value():
     assert (out[:, :16] == 0).all() and (out[:, 16:48] == 255).all() and (out[:, 48:] == 0).all()
 
 
+def test_top_left_letterbox_pads_right_and_bottom_and_maps_back():
+    cfg = PreprocessConfig(resize=[64, 64], letterbox=True, letterbox_align="top-left", pad_value=0)
+    pre = Preprocessor(cfg, spec([1, 64, 64, 3]))
+    out = pre(np.full((100, 50, 3), 255, np.uint8))[0]  # 100x50 -> 64x32, then 32 columns of pad
+    assert (out[:, :32] == 255).all() and (out[:, 32:] == 0).all()
+    g = pre.geometry((100, 50, 3))
+    assert g.input_window() == (0.0, 0.0, 32.0, 64.0)
+    np.testing.assert_allclose(g.to_frame(np.array([[0.0, 0.0, 32.0, 64.0]])), [[0, 0, 50, 100]])
+
+
 def test_letterbox_needs_an_exact_size():
     with pytest.raises(ConfigError, match="letterbox needs resize: \\[height, width\\]"):
         parse_config("models:\n  - {name: a, path: a.onnx, preprocess: {resize: 320, letterbox: true}}\n")

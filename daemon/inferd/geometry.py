@@ -63,10 +63,11 @@ class Geometry:
 
 
 def plan(
-    h: int, w: int, resize, letterbox: bool, center_crop
+    h: int, w: int, resize, letterbox: bool, center_crop, align: str = "center"
 ) -> tuple[tuple[int, int] | None, tuple[int, int, int, int] | None, tuple[int, int] | None]:
-    """The steps for an h x w frame: resized size, letterbox padding (top, bottom, left, right)
-    and crop size. Shared by the preprocessing (which does them) and `geometry` (which undoes them)."""
+    """The steps for an h x w frame: resized size, letterbox padding (top, bottom, left, right;
+    `align` center or top-left) and crop size. Shared by the preprocessing (which does them) and
+    `geometry` (which undoes them)."""
     size = pad = None
     if resize is not None:
         if isinstance(resize, int):
@@ -77,7 +78,7 @@ def plan(
             th, tw = resize
             r = min(th / h, tw / w)
             nh, nw = max(1, round(h * r)), max(1, round(w * r))
-            top, left = (th - nh) // 2, (tw - nw) // 2
+            top, left = ((th - nh) // 2, (tw - nw) // 2) if align == "center" else (0, 0)
             size, pad = (nh, nw), (top, th - nh - top, left, tw - nw - left)
         else:
             size = tuple(resize)
@@ -87,9 +88,9 @@ def plan(
     return size, pad, crop
 
 
-def geometry(h: int, w: int, resize, letterbox: bool, center_crop) -> Geometry:
+def geometry(h: int, w: int, resize, letterbox: bool, center_crop, align: str = "center") -> Geometry:
     """How an h x w frame maps onto the model input after the configured steps."""
-    size, pad, crop = plan(h, w, resize, letterbox, center_crop)
+    size, pad, crop = plan(h, w, resize, letterbox, center_crop, align)
     rh, rw = size if size is not None else (h, w)
     sx, sy = rw / w, rh / h  # frame -> resized
     off_x = off_y = 0.0  # input = resized * s - off

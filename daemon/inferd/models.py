@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
 import os
@@ -155,8 +156,8 @@ class Model:
 
     def warm(self, runs: int) -> None:
         inputs = [
-            np.zeros([d if d is not None else 1 for d in spec.shape], spec.dtype)
-            for spec in self.backend.inputs
+            np.zeros(pre.warm_shape(), spec.dtype)
+            for spec, pre in zip(self.backend.inputs, self.preprocessors, strict=True)
         ]
         times = []
         for _ in range(runs):
@@ -212,7 +213,7 @@ def load_model(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning")
         )
     backend = create_backend(cfg, path, runtime_level)
     try:
-        labels = read_labels(cfg, base_dir)
+        labels = read_labels(cfg, base_dir) or metadata_labels(getattr(backend, "metadata", {}))
         pres = [
             Preprocessor(cfg.preprocess if i == 0 else PreprocessConfig(), spec, cfg.name)
             for i, spec in enumerate(backend.inputs)
@@ -288,6 +289,23 @@ def read_labels(cfg: ModelConfig, base_dir: Path) -> list[str] | None:
     except OSError as e:
         raise ConfigError(f"model {cfg.name!r}: labels file {path}: {e.strerror}") from None
     return [line.strip() for line in lines if line.strip()]
+
+
+def metadata_labels(metadata: dict[str, str]) -> list[str] | None:
+    """Class names an Ultralytics export carries in its metadata: names = "{0: 'person', ...}"."""
+    text = metadata.get("names")
+    if not text:
+        return None
+    try:
+        names = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        log.debug("model metadata 'names' is not a literal: %.80s", text)
+        return None
+    if isinstance(names, dict) and names and all(isinstance(k, int) for k in names):
+        return [str(names.get(i, i)) for i in range(max(names) + 1)]
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    return None
 
 
 def load_instances(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning") -> list[Model]:

@@ -106,6 +106,22 @@ class Preprocessor:
             a, b = a / qs, b / qs + zp
         return a.astype(np.float32), b.astype(np.float32)
 
+    def warm_shape(self) -> list[int]:
+        """A shape to warm the model up with: a dynamic batch is 1; a dynamic image size is what
+        the preprocessing makes (crop, else exact resize), else 64x64 (strided detectors export
+        dynamic sizes that fail at 1x1)."""
+        shape = [d if d is not None else 1 for d in self.spec.shape]
+        if self.layout is None:
+            return shape
+        cfg = self.cfg
+        crop = (cfg.center_crop,) * 2 if isinstance(cfg.center_crop, int) else cfg.center_crop
+        size = crop or (cfg.resize if isinstance(cfg.resize, tuple) else None) or (64, 64)
+        h_at = len(shape) - (2 if self.layout == "nchw" else 3)
+        for at, value in ((h_at, size[0]), (h_at + 1, size[1])):
+            if self.spec.shape[at] is None:
+                shape[at] = int(value)
+        return shape
+
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         if (frame.shape, frame.dtype) == self._fit:
             return frame  # the common case: the same tensor shape as the last frame (one tuple:
@@ -139,7 +155,7 @@ class Preprocessor:
             got = Geometry.identity(int(w), int(h))
         elif (hw := image_size(shape)) is not None:
             cfg = self.cfg
-            got = geometry(hw[0], hw[1], cfg.resize, cfg.letterbox, cfg.center_crop)
+            got = geometry(hw[0], hw[1], cfg.resize, cfg.letterbox, cfg.center_crop, cfg.letterbox_align)
         if got is not None and len(self._geometry) < 64:
             self._geometry[shape] = got
         return got
@@ -160,7 +176,9 @@ class Preprocessor:
                 f"model {self.model!r} takes {self.channels}",
             )
         if cfg.resize is not None:
-            size, pad, _ = plan(img.shape[0], img.shape[1], cfg.resize, cfg.letterbox, None)
+            size, pad, _ = plan(
+                img.shape[0], img.shape[1], cfg.resize, cfg.letterbox, None, cfg.letterbox_align
+            )
             img = resize(img, size, cfg.interpolation)
             if pad is not None:
                 img = letterbox(img, pad, cfg.pad_value)

@@ -91,6 +91,7 @@ class OnnxBackend:
         except (ValueError, UnicodeDecodeError, IndexError) as e:
             log.debug("cannot inspect the graph of %s: %s", path, e)
             graph = None
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)  # e.g. Ultralytics' names
         self.quantization_format = graph.quantization_format if graph else None
         self.quantized = self.quantization_format is not None
         self.inputs = [

@@ -29,6 +29,11 @@ class PreprocessConfig(Strict):
         description="With resize: [height, width]: keep the aspect ratio and pad the rest with "
         "pad_value, centred (YOLO family, RT-DETR/D-FINE, MediaPipe); false stretches the frame.",
     )
+    letterbox_align: Literal["center", "top-left"] = Field(
+        "center",
+        description="Where the letterboxed frame sits: center (Ultralytics YOLO, RT-DETR) or "
+        "top-left, padding only right and bottom (YOLOX, NudeNet and other pad-then-resize exports).",
+    )
     pad_value: float = Field(114, description="Letterbox padding, in pixel units (114: YOLO's grey).")
     interpolation: Literal["nearest", "bilinear", "bicubic", "area"] = Field(
         "bilinear", description="Resampling filter for resize (Pillow)."
@@ -240,7 +245,11 @@ class ModelConfig(Strict):
         True,
         description="A required model that fails to load stops start-up; others leave the daemon degraded.",
     )
-    labels: Path | None = Field(None, description="Text file with one class name per line.")
+    labels: Path | None = Field(
+        None,
+        description="Text file with one class name per line. Default: the names an Ultralytics "
+        "export carries in its metadata, if any.",
+    )
     dequantize_outputs: bool = Field(
         True, description="Turn quantized (int8/uint8) outputs into floats with their scale and zero point."
     )
