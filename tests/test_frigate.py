@@ -136,33 +136,41 @@ def test_a_model_type_that_disagrees_is_served_and_warned_about_once(daemon):
     )
 
 
-def test_a_real_face_detector_answers_frigate_in_its_tensors_coordinates(tmp_path):
-    """MediaPipe's BlazeFace (anchors, weighted NMS) behind the frigate endpoint, on a real
-    photograph sent as Frigate sends it ([1, H, W, 3] uint8 RGB): the row equals inferd's own
-    detection of the same frame, normalized to the tensor."""
+@pytest.mark.parametrize("detector", ["blazeface", "yolov8"])
+def test_real_detectors_answer_frigate_in_its_tensors_coordinates(tmp_path, detector):
+    """MediaPipe's BlazeFace (anchors, weighted NMS) and an Ultralytics YOLOv8n export (NudeNet's,
+    letterboxed) behind the frigate endpoint, on a real photograph sent as Frigate sends it
+    ([1, H, W, 3] uint8 RGB): the rows equal inferd's own detections of the same frame,
+    normalized to the tensor, best first."""
     from PIL import Image
 
     from inferd.config import parse_config
     from inferd.models import load_model
     from tests.backends.test_pretrained import packaged
     from tests.postprocess.test_anchors import blazeface_entry
+    from tests.postprocess.test_yolo_real import entry as yolo_entry
 
-    entry = blazeface_entry()
+    entry, model_type = (
+        (blazeface_entry(), "ssd") if detector == "blazeface" else (yolo_entry(), "yologeneric")
+    )
+    name = parse_config("models:" + entry).models[0].name
     photo = np.asarray(Image.open(packaged("matplotlib", "grace_hopper.jpg")).convert("RGB"))
     model = load_model(parse_config("models:" + entry).models[0], tmp_path)
-    (face,) = model.predict([photo], "ref")[1]["detections"]
+    dets = model.predict([photo], "ref")[1]["detections"]
     model.close()
+    assert dets
     d = DaemonProcess(
         tmp_path,
-        f'models:{entry}endpoints:\n  - {{type: frigate, bind: "ipc://{tmp_path}/f.sock", model: face}}\n',
+        f'models:{entry}endpoints:\n  - {{type: frigate, bind: "ipc://{tmp_path}/f.sock", model: {name}}}\n',
     )
     try:
         d.frigate = f"ipc://{tmp_path}/f.sock"
         sock = frigate_socket(d)
-        head, rows = ask(sock, photo[None], model_type="ssd")
+        head, rows = ask(sock, photo[None], model_type=model_type)
         sock.close()
     finally:
         assert d.stop() == 0
-    x1, y1, x2, y2 = face["box_norm"]
-    np.testing.assert_allclose(rows[0], [0, face["score"], y1, x1, y2, x2], atol=1e-4)
-    assert (rows[1:] == 0).all() and "error" not in head
+    for row, det in zip(rows, dets, strict=False):
+        x1, y1, x2, y2 = det["box_norm"]
+        np.testing.assert_allclose(row, [det["class"], det["score"], y1, x1, y2, x2], atol=1e-4)
+    assert (rows[len(dets) :] == 0).all() and "error" not in head
