@@ -95,6 +95,29 @@ def test_mistakes_get_clear_answers(tmp_path):
     assert proc.returncode == 1 and "unknown key 'fsp' (did you mean 'fps'?)" in proc.stderr
 
 
+def test_a_v4l2_camera_is_asked_for_the_configured_size_rate_and_format():
+    """What FFmpeg's v4l2 input gets (no device here to open: the options are what can be tested)."""
+    from inferd.capture.config import load_capture_config
+    from inferd.capture.sources import open_options
+
+    cfg = load_capture_config(
+        None,
+        {
+            "url": "/dev/video0",
+            "to": "ipc:///tmp/x.sock",
+            "size": "1280x720",
+            "fps": 30,
+            "input_format": "mjpeg",
+        },
+    )
+    assert cfg.kind == "device" and cfg.live
+    assert open_options(cfg) == (
+        "v4l2", {"video_size": "1280x720", "framerate": "30", "input_format": "mjpeg"}
+    )  # fmt: skip
+    cfg = load_capture_config(None, {"url": "rtsp://cam/stream", "to": "ipc:///tmp/x.sock"})
+    assert open_options(cfg) == (None, {"rtsp_transport": "tcp"})
+
+
 def test_colours_are_what_the_model_says():
     for name, rgb in COLOURS.items():
         assert int(np.argmax(rgb)) == ["red", "green", "blue"].index(name)

@@ -27,6 +27,7 @@ def add_command(sub) -> None:
     )
     c.add_argument("--pace", choices=["realtime", "asap"], help="files and folders (default realtime)")
     c.add_argument("--encoding", choices=["raw", "jpeg"], help="raw arrays or JPEG (for tcp links)")
+    c.add_argument("--input-format", help="V4L2: the camera format to ask for (mjpeg, yuyv422, ...)")
     c.add_argument("--metrics", help="HOST:PORT for this process's Prometheus metrics")
     c.set_defaults(func=cmd_capture)
 
@@ -37,7 +38,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from inferd.capture.config import load_capture_config
     from inferd.capture.run import Capture
 
-    keys = ("url", "to", "to_type", "source", "model", "fps", "size", "loop", "pace", "encoding", "metrics")
+    keys = ("url", "to", "to_type", "source", "model", "fps", "size", "loop", "pace", "encoding",
+            "input_format", "metrics")  # fmt: skip
     cfg = load_capture_config(args.config, {k: getattr(args, k) for k in keys})
     capture = Capture(cfg)
 

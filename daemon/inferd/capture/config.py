@@ -41,6 +41,12 @@ class CaptureConfig(Strict):
         "realtime", description="Files and folders: at the recorded rate, or as fast as inferd takes them."
     )
     watch: bool = Field(False, description="Folders: keep sending new files as they appear.")
+    input_format: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description="V4L2: the format to ask the camera for, e.g. mjpeg (most USB cameras reach their "
+        "full size and rate only in MJPEG) or yuyv422; default: the driver's choice.",
+    )
     rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
     credentials_file: Path | None = Field(
         None, description="A file holding user:password for the stream (kept out of the URL and logs)."

@@ -57,9 +57,9 @@ def frames(cfg: CaptureConfig, on_error=lambda message: None) -> Iterator[Frame]
     return av_frames(cfg)
 
 
-def av_frames(cfg: CaptureConfig) -> Iterator[Frame]:
-    import av
-
+def open_options(cfg: CaptureConfig) -> tuple[str | None, dict[str, str]]:
+    """FFmpeg's input format and options for the source: a V4L2 camera is asked for the size,
+    rate and pixel format configured; RTSP gets its transport."""
     options: dict[str, str] = {}
     fmt = None
     if cfg.kind == "device":
@@ -68,11 +68,20 @@ def av_frames(cfg: CaptureConfig) -> Iterator[Frame]:
             options["video_size"] = f"{cfg.size[0]}x{cfg.size[1]}"
         if cfg.fps:
             options["framerate"] = f"{cfg.fps:g}"
-        if not Path(cfg.url).exists():
-            raise SourceError(f"{cfg.url} does not exist (is the camera plugged in? ls /dev/video*)")
+        if cfg.input_format:
+            options["input_format"] = cfg.input_format
     elif cfg.url.startswith(("rtsp://", "rtsps://")):
         options["rtsp_transport"] = cfg.rtsp_transport
-    elif cfg.kind == "file" and not Path(cfg.url).is_file():
+    return fmt, options
+
+
+def av_frames(cfg: CaptureConfig) -> Iterator[Frame]:
+    import av
+
+    fmt, options = open_options(cfg)
+    if cfg.kind == "device" and not Path(cfg.url).exists():
+        raise SourceError(f"{cfg.url} does not exist (is the camera plugged in? ls /dev/video*)")
+    if cfg.kind == "file" and not Path(cfg.url).is_file():
         raise SourceError(f"{cfg.url}: no such file or folder")
     url = with_credentials(cfg.url, cfg.credentials_file) if cfg.live else cfg.url
     timeout = (cfg.stall_timeout_s, cfg.stall_timeout_s) if cfg.live else None
