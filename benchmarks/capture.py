@@ -14,6 +14,8 @@ capture -> inferd (example classifier) -> ResultSubscriber: capture timestamp to
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from benchmarks.common import MODELS, Daemon, percentiles, save
+from benchmarks.common import MODELS, Daemon, cpu_seconds, percentiles, save
 
 
 def clip(path: Path, w: int, h: int, frames: int, fps: int = 30) -> Path:
@@ -49,34 +51,52 @@ def bare(path: Path) -> dict:
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
-        n, t0 = 0, time.perf_counter()
+        n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
         for frame in c.decode(stream):
             frame.to_ndarray(format="rgb24")
             n += 1
-        elapsed = time.perf_counter() - t0
-    return {"frames": n, "fps": round(n / elapsed, 1)}
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return {"frames": n, "fps": round(n / elapsed, 1), "cpu_ms_per_frame": round(cpu / n * 1000, 3)}
 
 
-def through_capture(path: Path) -> dict:
+def ffmpeg_null(path: Path, rgb: bool) -> dict | None:
+    """The `ffmpeg` CLI decoding to null (Debian's FFmpeg; None when it is not installed): decode
+    only, or decode and convert to RGB like capture. fps from its own -benchmark real time."""
+    if shutil.which("ffmpeg") is None:
+        return None
+    cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-benchmark", "-i", str(path)]
+    out = subprocess.run([*cmd, *(["-pix_fmt", "rgb24"] if rgb else []), "-f", "null", "-"],
+                         capture_output=True, text=True, check=True).stderr  # fmt: skip
+    rtime = float(re.search(r"rtime=([\d.]+)s", out).group(1))
+    utime, stime = (float(re.search(rf"{k}=([\d.]+)s", out).group(1)) for k in ("utime", "stime"))
+    n = int(re.findall(r"frame=\s*(\d+)", out)[-1])
+    return {"frames": n, "fps": round(n / rtime, 1), "cpu_ms_per_frame": round((utime + stime) / n * 1000, 3)}
+
+
+def through_capture(path: Path, size: str | None = None) -> dict:
     """The frames' arrival rate at a PULL socket from `inferd capture --pace asap`."""
     ctx = zmq.Context.instance()
     pull = ctx.socket(zmq.PULL)
     address = f"ipc://{path.parent}/frames.sock"  # as on a board: capture and inferd share ipc
     pull.bind(address)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inferd", "capture", "--url", str(path), "--to", address, "--pace", "asap"],
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "inferd", "capture", "--url", str(path), "--to", address, "--pace", "asap",
+         *(["--size", size] if size else [])], stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    times = []
+    times, cpu = [], [0.0, 0.0]  # capture's CPU time at the first and the last frame
     while pull.poll(10000):
         pull.recv_multipart(copy=False)
         times.append(time.perf_counter())
-        if proc.poll() is not None and not pull.poll(200):
+        if proc.poll() is None:
+            cpu[len(times) > 1] = cpu_seconds(proc.pid)
+        elif not pull.poll(200):
             break
     proc.wait(30)
     pull.close()
     n = len(times)
-    return {"frames": n, "fps": round((n - 1) / (times[-1] - times[0]), 1) if n > 1 else 0.0}
+    fps = round((n - 1) / (times[-1] - times[0]), 1) if n > 1 else 0.0
+    per_frame = (cpu[1] - cpu[0]) / max(n - 1, 1) * 1000  # start-up excluded, as for the bare decode
+    return {"frames": n, "fps": fps, "cpu_ms_per_frame": round(per_frame, 3)}
 
 
 def latency(path: Path, seconds: float) -> dict:
@@ -105,20 +125,48 @@ def latency(path: Path, seconds: float) -> dict:
     return {"results": len(lat), **percentiles(lat[30:])}  # the first second warms up
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median fps (its own CPU figure with it)."""
+    return sorted(runs, key=lambda r: r["fps"])[len(runs) // 2]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--frames", type=int, default=600)
+    p.add_argument("--rounds", type=int, default=3, help="alternating runs of each; medians reported")
     p.add_argument("--latency-seconds", type=float, default=10.0)
     args = p.parse_args()
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w, h in ((640, 480), (1280, 720)):
             path = clip(Path(tmp) / f"{w}x{h}.mp4", w, h, args.frames)
-            a, b = bare(path), through_capture(path)
-            ratio = round(b["fps"] / a["fps"], 3)
-            out[f"{w}x{h}"] = {"bare_decode": a, "capture": b, "ratio": ratio}
-            print(f"{w}x{h}: bare decode {a['fps']} fps | inferd capture {b['fps']} fps ({b['frames']} frames) | {ratio}x",
-                  flush=True)  # fmt: skip
+            small = f"{w // 2}x{h // 2}"  # resized at the source, as for a model of that size
+            runs: dict[str, list] = {
+                "bare": [],
+                "capture": [],
+                "capture_small": [],
+                "ffmpeg": [],
+                "ffmpeg_rgb": [],
+            }
+            for _ in range(args.rounds):  # interleaved: a load that comes and goes falls on all alike
+                runs["ffmpeg"].append(ffmpeg_null(path, rgb=False))
+                runs["ffmpeg_rgb"].append(ffmpeg_null(path, rgb=True))
+                runs["bare"].append(bare(path))
+                runs["capture"].append(through_capture(path))
+                runs["capture_small"].append(through_capture(path, small))
+            m = {k: median_run(v) if v and v[0] else None for k, v in runs.items()}
+            a, b = m["bare"], m["capture"]
+            row = {**m, "ratio": round(b["fps"] / a["fps"], 3)}
+            line = (f"{w}x{h}: PyAV decode+RGB {a['fps']} fps ({a['cpu_ms_per_frame']} ms CPU) | inferd capture "
+                    f"{b['fps']} fps ({b['cpu_ms_per_frame']} ms) {row['ratio']}x | capture --size {small} "
+                    f"{m['capture_small']['fps']} fps")  # fmt: skip
+            if m["ffmpeg"]:
+                row["ratio_vs_ffmpeg_null"] = round(b["fps"] / m["ffmpeg"]["fps"], 3)
+                row["ratio_vs_ffmpeg_rgb"] = round(b["fps"] / m["ffmpeg_rgb"]["fps"], 3)
+                line += (f" | ffmpeg -f null {m['ffmpeg']['fps']} fps ({row['ratio_vs_ffmpeg_null']}x), with "
+                         f"-pix_fmt rgb24 {m['ffmpeg_rgb']['fps']} fps ({row['ratio_vs_ffmpeg_rgb']}x)")  # fmt: skip
+            out[f"{w}x{h}"] = row
+            print(line, flush=True)
         path = clip(Path(tmp) / "glass.mp4", 640, 480, 90)
         out["glass_to_result_30fps"] = latency(path, args.latency_seconds)
         g = out["glass_to_result_30fps"]

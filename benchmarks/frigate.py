@@ -1,10 +1,12 @@
 """Frigate's detector protocol, one request at a time (as Frigate sends them), against
 (a) a bare pyzmq REP server running the same model in its own process (the structure of Frigate's
     own detector servers: recv, np.frombuffer, run, send 20x6 rows) and
-(b) inferd's `frigate` endpoint, same model, same intra-op threads, same run.
+(b) inferd's `frigate` endpoint, same model, same intra-op threads, same run: both servers up at
+    once, measured in alternating rounds (`--rounds`), so a load that comes and goes on the machine
+    falls on both alike.
 Prints requests/s and latency percentiles, and the ratio b/a, for a ~3 ms and a ~0.8 ms model.
 
-    .venv/bin/python -m benchmarks.frigate [--seconds 5] [--transport ipc|tcp]
+    .venv/bin/python -m benchmarks.frigate [--seconds 10] [--rounds 10] [--transport ipc|tcp]
 """
 
 from __future__ import annotations
@@ -50,64 +52,79 @@ def bare_server(path: str, address: str, threads: int, ready) -> None:
         sock.send_multipart([head, np.zeros((20, 6), np.float32)])
 
 
-def frigate_client(address: str, tensor: np.ndarray, seconds: float, server_pid: int) -> dict:
-    """Frigate's zmq detector client: REQ, one request, wait for the answer, next. Also the
-    server's CPU time per request (all its threads): unlike requests/s it barely moves when
-    other work shares the cores."""
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.RCVTIMEO, 10000)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    head = json.dumps(
-        {"shape": list(tensor.shape), "dtype": tensor.dtype.name, "model_type": "yologeneric"}
-    ).encode()
-    payload = memoryview(tensor.tobytes())
-    for _ in range(10):
-        sock.send_multipart([head, payload])
-        sock.recv_multipart()
-    lat, n = [], 0
-    cpu0 = cpu_seconds(server_pid)
-    start = time.perf_counter()
-    end = start + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        sock.send_multipart([head, payload])
-        sock.recv_multipart()
-        lat.append(time.perf_counter() - t0)
-        n += 1
-    elapsed = time.perf_counter() - start
-    cpu = cpu_seconds(server_pid) - cpu0
-    sock.close()
-    return {"rps": round(n / elapsed, 1), "server_cpu_ms": round(cpu / n * 1000, 3), **percentiles(lat)}
+class FrigateClient:
+    """Frigate's zmq detector client: REQ, one request, wait for the answer, next."""
+
+    def __init__(self, address: str, tensor: np.ndarray, server_pid: int) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.REQ)
+        self.sock.setsockopt(zmq.RCVTIMEO, 10000)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.head = json.dumps(
+            {"shape": list(tensor.shape), "dtype": tensor.dtype.name, "model_type": "yologeneric"}
+        ).encode()
+        self.payload = memoryview(tensor.tobytes())
+        self.pid = server_pid
+        self.lat: list[float] = []
+        self.elapsed = self.cpu = 0.0
+        for _ in range(10):
+            self.ask()
+
+    def ask(self) -> None:
+        self.sock.send_multipart([self.head, self.payload])
+        self.sock.recv_multipart()
+
+    def run(self, seconds: float) -> None:
+        """One round: requests one at a time for `seconds`; also the server's CPU time (all its
+        threads), which unlike requests/s barely moves when other work shares the cores."""
+        cpu0, start = cpu_seconds(self.pid), time.perf_counter()
+        end = start + seconds
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            self.ask()
+            self.lat.append(time.perf_counter() - t0)
+        self.elapsed += time.perf_counter() - start
+        self.cpu += cpu_seconds(self.pid) - cpu0
+
+    def summary(self) -> dict:
+        n = len(self.lat)
+        self.sock.close()
+        return {"requests": n, "rps": round(n / self.elapsed, 1),
+                "server_cpu_ms": round(self.cpu / n * 1000, 3), **percentiles(self.lat)}  # fmt: skip
 
 
 def address(transport: str, tmp: str, name: str) -> str:
     return f"tcp://127.0.0.1:{free_port()}" if transport == "tcp" else f"ipc://{tmp}/{name}.sock"
 
 
-def run_case(name: str, seconds: float, threads: int, transport: str) -> dict:
+def run_case(name: str, seconds: float, threads: int, transport: str, rounds: int) -> dict:
+    """Both servers up at once, measured in alternating rounds: a load that comes and goes on the
+    machine falls on both alike."""
     model, shape = CASES[name]
     path = MODELS / model if (MODELS / model).exists() else bench_model(model)
     tensor = np.random.default_rng(0).random(shape, dtype=np.float32)
     tmp = tempfile.mkdtemp(prefix="inferd-frigate-bench-")
-    bare_addr = address(transport, tmp, "bare")
+    bare_addr, inferd_addr = address(transport, tmp, "bare"), address(transport, tmp, "inferd")
     ready = mp.get_context("spawn").Event()
     server = mp.get_context("spawn").Process(target=bare_server, args=(str(path), bare_addr, threads, ready))
     server.start()
     ready.wait(60)
-    try:
-        a = frigate_client(bare_addr, tensor, seconds, server.pid)
-    finally:
-        server.terminate()
-        server.join(10)
-    inferd_addr = address(transport, tmp, "inferd")
     d = Daemon(
         f"  - {{name: m, path: {path}, threads: {threads}}}",
         endpoints_yaml=f'  - {{type: frigate, bind: "{inferd_addr}", model: m}}\n',
     )
     try:
-        b = frigate_client(inferd_addr, tensor, seconds, d.proc.pid)
+        bare, ours = (
+            FrigateClient(bare_addr, tensor, server.pid),
+            FrigateClient(inferd_addr, tensor, d.proc.pid),
+        )
+        for _ in range(rounds):
+            bare.run(seconds / rounds)
+            ours.run(seconds / rounds)
+        a, b = bare.summary(), ours.summary()
     finally:
+        server.terminate()
+        server.join(10)
         d.stop()
     ratio = round(b["rps"] / a["rps"], 3)
     print(
@@ -123,12 +140,15 @@ def run_case(name: str, seconds: float, threads: int, transport: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--seconds", type=float, default=10.0, help="per server, over all rounds")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--transport", choices=["ipc", "tcp"], default="ipc")
+    p.add_argument("--rounds", type=int, default=10, help="alternating rounds per server")
     p.add_argument("--cases", nargs="*", default=list(CASES))
     args = p.parse_args()
-    results = {name: run_case(name, args.seconds, args.threads, args.transport) for name in args.cases}
+    results = {
+        name: run_case(name, args.seconds, args.threads, args.transport, args.rounds) for name in args.cases
+    }
     print("saved", save(f"frigate-{args.transport}", {"seconds": args.seconds, "cases": results}))
 
 
