@@ -4,8 +4,6 @@ and green; then it stalls (the connection stays open, nothing more comes), then 
 `inferd capture` notices the stall, reconnects, and frames flow again through a real inferd."""
 
 import io
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +12,7 @@ import pytest
 from PIL import Image
 
 from inferd.client import ResultSubscriber
+from tests.capture.harness import start_capture
 from tests.capture.media import colour_config, colour_model, solid
 from tests.capture.test_rtsp import labels
 from tests.daemon_harness import DaemonProcess
@@ -74,27 +73,22 @@ class MjpegCamera:
 def test_an_mjpeg_http_camera_that_stalls_is_reconnected(tmp_path):
     camera = MjpegCamera()
     d = DaemonProcess(tmp_path, colour_config(colour_model(tmp_path / "colour.onnx")))
-    cfg = tmp_path / "cam.yaml"
-    cfg.write_text(
-        f"url: {camera.url}\nto: {d.pull}\nsource: esp32\nstall_timeout_s: 2\nreconnect_max_s: 1\n"
+    capture, log = start_capture(
+        tmp_path,
+        f"url: {camera.url}\nto: {d.pull}\nsource: esp32\nstall_timeout_s: 2\nreconnect_max_s: 1\n",
     )
-    log = open(tmp_path / "capture.log", "w+")  # noqa: SIM115
-    capture = subprocess.Popen(
-        [sys.executable, "-m", "inferd", "--log-level", "info", "capture", "-c", str(cfg)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     try:
         with ResultSubscriber(d.results, "colour/esp32") as sub:
             before = labels(sub, 4)
-            text = (tmp_path / "capture.log").read_text()
+            text = log.read_text()
             assert {"red", "green"} <= set(before), (before, text)
             camera.stalled.set()  # connected, silent: only a timeout can tell
             time.sleep(4)
-            assert "reconnecting" in (tmp_path / "capture.log").read_text()
+            assert "reconnecting" in log.read_text()
             labels(sub, 0.3)  # whatever was in flight
             camera.stalled.clear()
             after = labels(sub, 6)
-        text = (tmp_path / "capture.log").read_text()
+        text = log.read_text()
         assert text.count("streaming") >= 2, text
         assert len(after) >= 20 and {"red", "green"} <= set(after), (after, text)
     finally:

@@ -5,13 +5,13 @@ for the frames' content (the stream alternates red and green every two seconds).
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
 from inferd.client import ResultSubscriber
 from inferd.errors import RequestTimeout
+from tests.capture.harness import start_capture
 from tests.capture.media import colour_config, colour_model
 from tests.daemon_harness import DaemonProcess, free_port
 
@@ -73,26 +73,21 @@ def test_capture_survives_an_rtsp_server_restart(tmp_path):
     camera = RtspCamera(tmp_path)
     camera.start()
     d = DaemonProcess(tmp_path, colour_config(colour_model(tmp_path / "colour.onnx")))
-    cfg = tmp_path / "cam.yaml"
-    cfg.write_text(
+    capture, log = start_capture(
+        tmp_path,
         f"url: {camera.url}\nto: {d.pull}\nsource: rtsp\nrtsp_transport: udp\nstall_timeout_s: 2\n"
-        "reconnect_max_s: 1\nsize: 160x120\n"
+        "reconnect_max_s: 1\nsize: 160x120\n",
     )
-    log = open(tmp_path / "capture.log", "w+")  # noqa: SIM115
-    capture = subprocess.Popen(
-        [sys.executable, "-m", "inferd", "--log-level", "info", "capture", "-c", str(cfg)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
     try:
         with ResultSubscriber(d.results, "colour/rtsp") as sub:
             before = labels(sub, 6)
-            assert {"red", "green"} <= set(before), (before, (tmp_path / "capture.log").read_text())
+            assert {"red", "green"} <= set(before), (before, log.read_text())
             camera.stop()  # the camera reboots
             time.sleep(4)
             labels(sub, 0.5)  # whatever was in flight
             camera.start()
             after = labels(sub, 12)
-        text = (tmp_path / "capture.log").read_text()
+        text = log.read_text()
         assert "reconnecting" in text and text.count("streaming") >= 2, text
         assert len(after) >= 10 and {"red", "green"} & set(after), (after, text)
     finally:
