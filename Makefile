@@ -59,6 +59,10 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.soak
+	$(PY) -m benchmarks.frigate
+	$(PY) -m benchmarks.decode
+	$(PY) -m benchmarks.capture
+	$(PY) -m benchmarks.mqtt
 	$(PY) -m benchmarks.plot
 
 # The long fuzz campaign: > 100,000 generated inputs (make test runs a short pass).

@@ -119,3 +119,23 @@ bogus: 1
     )
     assert "sources[0]: unknown key 'polcy' (did you mean 'policy'?)" in text
     assert "(top level): unknown key 'bogus'; allowed keys: endpoints, logging," in text
+
+
+def test_mqtt_files_are_relative_to_the_config_and_checked_there(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")  # not the config's folder
+    (tmp_path / "mqtt.password").write_text("secret\n")
+    (tmp_path / "mqtt.password").chmod(0o644)
+    cfg = tmp_path / "inferd.yaml"
+    cfg.write_text(
+        "models:\n  - {name: m, path: m.onnx}\nmqtt:\n  broker: mqtts://broker.lan\n  username: inferd\n  password_file: mqtt.password\n"
+        "  tls: {ca_file: ca.pem}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert f"{tmp_path / 'mqtt.password'} is readable by others" in str(e.value)
+    assert "ca.pem" in str(e.value) and "tls.ca_file" in str(e.value)
+    (tmp_path / "mqtt.password").chmod(0o600)
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    config, _ = load_config(cfg)
+    assert config.mqtt.password_file == tmp_path / "mqtt.password"
+    assert config.mqtt.tls.ca_file == tmp_path / "ca.pem"

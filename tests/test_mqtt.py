@@ -1,114 +1,92 @@
-"""Results to MQTT, against a real Mosquitto (Debian's) and real MQTT clients (paho)."""
+"""Results to MQTT, against a real Mosquitto (Debian's) and real MQTT clients (paho, mosquitto_sub)."""
 
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import threading
+import sys
 import time
+import urllib.request
 
 import numpy as np
 import pytest
 
 from inferd.client import FramePublisher, InferClient
+from inferd.config import MqttConfig
+from inferd.homeassistant import Discovery
 from tests.conftest import MODELS
-from tests.daemon_harness import DaemonProcess, free_port
+from tests.daemon_harness import DaemonProcess
+from tests.mqtt_broker import Broker, Listener, make_certs
 from tests.test_frigate import build_detector
 
 if shutil.which("mosquitto") is None:
     if os.environ.get("INFERD_CI"):
         raise RuntimeError("CI needs mosquitto (make test installs it as root)")
     pytest.skip("needs mosquitto (make test installs it as root)", allow_module_level=True)
-mqtt = pytest.importorskip("paho.mqtt.client")
+pytest.importorskip("paho.mqtt.client")
 
 TENSOR = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+ZEROS = np.zeros((1, 3, 64, 64), np.float32)
+PERSON = "homeassistant/binary_sensor/inferd_board1/det_door_person/config"
+COUNT = "homeassistant/sensor/inferd_board1/det_door_count/config"
+SENSOR = "homeassistant/sensor/inferd_board1/cls_cam0/config"
 
 
-class Broker:
-    def __init__(self, tmp, port=None) -> None:
-        self.tmp, self.port = tmp, port or free_port()
-        self.start()
-
-    def start(self) -> None:
-        conf = self.tmp / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.proc = subprocess.Popen(
-            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-
-class Listener:
-    """A real MQTT client subscribed to `topics`; keeps (topic, payload, retain) in order."""
-
-    def __init__(self, port: int, *topics: str) -> None:
-        self.messages: list[tuple[str, str, bool]] = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self.client.on_message = lambda c, u, m: self._add(m)
-        self.client.on_connect = lambda c, u, f, rc, p: [c.subscribe(t, qos=1) for t in topics]
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _add(self, m) -> None:
-        with self.lock:
-            self.messages.append((m.topic, m.payload.decode(), m.retain))
-
-    def wait(self, test, timeout=10.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                found = [m for m in self.messages if test(m)]
-            if found:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no such message in {self.messages}")
-
-    def results(self, topic: str) -> list[dict]:
-        with self.lock:
-            return [json.loads(p) for t, p, _ in self.messages if t == topic]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def daemon_config(port: int, labels_dir, detector, publish: str, extra: str = "") -> str:
+def daemon_config(
+    broker, labels_dir, detector=None, publish="{mode: every}", extra="", prefix="inferd"
+) -> str:
+    """cls (classify) for cam*, and with a detector det (detect) for door*; `broker` is a port or
+    the broker's lines of the mqtt section."""
+    if isinstance(broker, int):
+        broker = f'broker: "mqtt://127.0.0.1:{broker}"'
+    det_model = f"""
+  - name: det
+    path: {detector}
+    labels: {labels_dir}/det_labels.txt
+    postprocess: {{type: detect, format: end2end, score_threshold: 0.3}}"""
     return f"""
 models:
   - name: cls
     path: {MODELS}/classifier_int8.onnx
     labels: {MODELS}/labels.txt
-    postprocess: {{type: classify, top_k: 2}}
-  - name: det
-    path: {detector}
-    labels: {labels_dir}/det_labels.txt
-    postprocess: {{type: detect, format: end2end, score_threshold: 0.3}}
+    postprocess: {{type: classify, top_k: 2}}{det_model if detector else ""}
 endpoints:
   - {{type: pull, bind: "{{pull}}"}}
   - {{type: router, bind: "{{router}}"}}
 routes:
-  - {{sources: ["cam*"], models: [cls]}}
-  - {{sources: ["door*"], models: [det]}}
+  - {{sources: ["cam*"], models: [cls]}}{
+        '''
+  - {sources: ["door*"], models: [det]}'''
+        if detector
+        else ""
+    }
 metrics: {{listen: "{{metrics}}"}}
 mqtt:
-  broker: "mqtt://127.0.0.1:{port}"
+  {broker}
+  topic_prefix: {prefix}
   device_id: board1
   publish: {publish}
   home_assistant: {{labels: [person]}}
 {extra}"""
+
+
+def wait_for(test, what: str, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not test():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def healthz(d: DaemonProcess) -> dict:
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/healthz", timeout=5).read())
+
+
+def secret(path, text: str, mode: int = 0o600):
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return path
 
 
 @pytest.fixture
@@ -120,10 +98,20 @@ def setup(tmp_path):
     broker.kill()
 
 
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """A TLS listener (a CA's certificate for 127.0.0.1) with passwords and no anonymous clients."""
+    tmp = tmp_path_factory.mktemp("mqtt-tls")
+    certs = make_certs(tmp / "certs")
+    broker = Broker(tmp, certs=certs, users={"inferd": "s3cret", "reader": "r3ader"})
+    yield broker, certs
+    broker.kill()
+
+
 def test_results_availability_and_discovery_reach_real_clients(setup):
     broker, tmp, detector = setup
     listener = Listener(broker.port, "inferd/#", "homeassistant/#")
-    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, detector, "{mode: every}"))
+    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, detector))
     try:
         listener.wait(lambda m: m[0] == "inferd/board1/status" and m[1] == "online")
         late = Listener(broker.port, "inferd/board1/status")  # a client that comes later: retained
@@ -132,13 +120,13 @@ def test_results_availability_and_discovery_reach_real_clients(setup):
         with FramePublisher(d.pull, source="cam0") as cam, FramePublisher(d.pull, source="door") as door:
             for i in range(3):
                 cam.send(TENSOR, seq=i)
-                door.send(np.zeros((1, 3, 64, 64), np.float32), seq=i)
+                door.send(ZEROS, seq=i)
                 time.sleep(0.05)
         listener.wait(lambda m: m[0] == "inferd/board1/det/door" and json.loads(m[1])["seq"] == 2)
         listener.wait(lambda m: m[0] == "inferd/board1/cls/cam0" and json.loads(m[1])["seq"] == 2)
         cls = listener.results("inferd/board1/cls/cam0")[0]
         with InferClient(d.router) as client:  # the same frame by request: the same answer
-            expected = client.infer(TENSOR, model="cls", source="check").classes
+            expected = client.infer(TENSOR, model="cls").classes
         assert cls["model"] == "cls" and cls["source"] == "cam0" and cls["classes"] == expected
         det = listener.results("inferd/board1/det/door")[0]
         assert [x["label"] for x in det["detections"]] == ["person", "car"] and det["frame"] == {
@@ -146,34 +134,101 @@ def test_results_availability_and_discovery_reach_real_clients(setup):
             "height": 64,
         }
 
-        sensor = json.loads(
-            listener.wait(lambda m: m[0] == "homeassistant/sensor/inferd_board1/cls_cam0/config")[0][1]
-        )
-        count = json.loads(listener.wait(lambda m: m[0].endswith("/det_door_count/config"))[0][1])
-        person = json.loads(
-            listener.wait(
-                lambda m: m[0] == "homeassistant/binary_sensor/inferd_board1/det_door_person/config"
-            )[0][1]
-        )
-        for entity in (sensor, count, person):  # what Home Assistant's MQTT discovery requires and uses
-            assert entity["state_topic"].startswith("inferd/board1/") and entity["unique_id"].startswith(
-                "inferd_board1_"
-            )
-            assert entity["device"]["identifiers"] == ["inferd_board1"] and entity["device"]["sw_version"]
-            assert entity["availability_topic"] == "inferd/board1/status"
+        sensor = json.loads(listener.wait(lambda m: m[0] == SENSOR)[0][1])
+        count = json.loads(listener.wait(lambda m: m[0] == COUNT)[0][1])
+        person = json.loads(listener.wait(lambda m: m[0] == PERSON)[0][1])
+        check_discovery_schema(sensor, "sensor")
+        check_discovery_schema(count, "sensor")
+        check_discovery_schema(person, "binary_sensor")
+        assert count["state_class"] == "measurement"
+        assert person["device_class"] == "occupancy" and person["off_delay"] == 5
         jinja2 = pytest.importorskip("jinja2")  # Home Assistant's template language: render them
         env = jinja2.Environment()
         assert env.from_string(sensor["value_template"]).render(value_json=cls) == expected[0]["label"]
+        attributes = json.loads(env.from_string(sensor["json_attributes_template"]).render(value_json=cls))
+        assert attributes == {"score": expected[0]["score"], "top_k": expected}
         assert env.from_string(count["value_template"]).render(value_json=det) == "2"
         assert env.from_string(person["value_template"]).render(value_json=det) == "ON"
-        assert env.from_string(person["value_template"]).render(value_json={"detections": []}) == "OFF"
-        assert person["device_class"] == "occupancy" and person["off_delay"] == 5.0
+        # `every` publishes each frame: no person says nothing (Home Assistant ignores an empty
+        # state), and off_delay turns the sensor off 5 s after the last sighting
+        assert env.from_string(person["value_template"]).render(value_json={"detections": []}) == ""
     finally:
         d.proc.send_signal(signal.SIGKILL)  # a crash: the broker says it, through the Last Will
         d.proc.wait(10)
         listener.wait(lambda m: m[0] == "inferd/board1/status" and m[1] == "offline")
         d.stop()
         listener.close()
+
+
+def check_discovery_schema(entity: dict, component: str) -> None:
+    """What Home Assistant's MQTT discovery requires and how it reads it
+    (https://www.home-assistant.io/integrations/mqtt/, sensor.mqtt, binary_sensor.mqtt): a state
+    topic; a unique_id and a device with identifiers (else no device registry entry); one
+    availability topic with its payloads; off_delay and expire_after are integers of seconds."""
+    assert isinstance(entity["state_topic"], str) and entity["state_topic"].startswith("inferd/board1/")
+    assert entity["unique_id"].startswith("inferd_board1_") and entity["name"]
+    device = entity["device"]
+    assert device["identifiers"] == ["inferd_board1"] and device["name"] == "inferd board1"
+    assert {"manufacturer", "model", "sw_version"} <= device.keys()
+    assert set(device) <= {"identifiers", "connections", "name", "manufacturer", "model", "model_id",
+                           "sw_version", "hw_version", "serial_number", "configuration_url",
+                           "suggested_area", "via_device"}  # fmt: skip
+    assert entity["availability_topic"] == "inferd/board1/status" and "availability" not in entity
+    assert (entity["payload_available"], entity["payload_not_available"]) == ("online", "offline")
+    for key in ("off_delay", "expire_after"):
+        if key in entity:
+            assert isinstance(entity[key], int) and entity[key] > 0, (key, entity[key])
+    if component == "binary_sensor":
+        assert (entity.get("payload_on", "ON"), entity.get("payload_off", "OFF")) == ("ON", "OFF")
+        assert entity.get("device_class") in (None, "occupancy", "motion", "presence")
+    else:
+        assert "off_delay" not in entity and "payload_on" not in entity
+        assert entity.get("state_class") in (None, "measurement")
+    assert all(isinstance(entity[k], str) and "{{" in entity[k] for k in entity if k.endswith("_template"))
+
+
+def test_the_person_sensor_follows_the_publish_policy():
+    """`every`/`rate`: OFF is the silence after the last sighting (off_delay, at least two publish
+    intervals); `change` publishes nothing while a person stands still, so it sends OFF itself."""
+    jinja2 = pytest.importorskip("jinja2")
+    cfg = MqttConfig.model_validate({
+        "broker": "mqtt://127.0.0.1", "device_id": "board1", "publish": {"mode": "change"},
+        "models": {"fast": {"mode": "every"}, "slow": {"mode": "rate", "max_per_s": 0.1}},
+        "home_assistant": {"labels": ["person"]},
+    })  # fmt: skip
+    discovery = Discovery(None, cfg, "inferd/board1/status")
+
+    def person(model: str) -> dict:
+        (entity,) = [e for t, e in discovery.entities(model, "door", {"detections": []}).items()
+                     if t.startswith("homeassistant/binary_sensor/")]  # fmt: skip
+        check_discovery_schema(entity, "binary_sensor")
+        return entity
+
+    def state(entity: dict, labels: list[str]) -> str:
+        value = {"detections": [{"label": label} for label in labels]}
+        return jinja2.Environment().from_string(entity["value_template"]).render(value_json=value)
+
+    change, fast, slow = person("det"), person("fast"), person("slow")
+    assert "off_delay" not in change
+    assert (state(change, ["car", "person"]), state(change, ["car"])) == ("ON", "OFF")
+    assert fast["off_delay"] == 5 and (state(fast, ["person"]), state(fast, [])) == ("ON", "")
+    assert slow["off_delay"] == 20 and state(slow, ["car"]) == ""  # two intervals of 10 s
+
+
+def test_entity_ids_cannot_collide_and_tell_their_model_and_label():
+    cfg = MqttConfig.model_validate({"broker": "mqtt://127.0.0.1", "device_id": "board1",
+                                     "home_assistant": {"labels": ["person"]}})  # fmt: skip
+    discovery = Discovery(None, cfg, "inferd/board1/status", models={"a_b", "a"})
+    one = discovery.entities("a_b", "c", {"classes": []})
+    other = discovery.entities("a", "b_c", {"classes": []})
+    assert set(one).isdisjoint(other)
+    assert {e["unique_id"] for e in one.values()}.isdisjoint(e["unique_id"] for e in other.values())
+    assert not any(discovery.stale(t) for t in [*one, *other])
+    dets = discovery.entities("gone", "door", {"detections": []})
+    assert dets and all(discovery.stale(t) for t in dets)  # a model no longer configured
+    discovery.models.add("gone")
+    discovery.ha = discovery.ha.model_copy(update={"labels": ["car"]})
+    assert [t for t in dets if discovery.stale(t)] == [t for t in dets if "binary_sensor" in t]
 
 
 def test_publish_policies_change_and_rate(setup):
@@ -184,25 +239,53 @@ def test_publish_policies_change_and_rate(setup):
     )
     listener = Listener(broker.port, "inferd/board1/+/+")
     try:
-        time.sleep(0.5)
         other = np.full((1, 3, 64, 64), -3, np.float32)  # "bravo" where TENSOR is "echo"
-        with InferClient(d.router) as client:
-            first = client.infer(TENSOR, model="cls").classes[0]["label"]
-            second = client.infer(other, model="cls").classes[0]["label"]
-        assert first != second, "the test needs two frames the classifier tells apart"
         with FramePublisher(d.pull, source="cam1") as cam:
             for frame in [TENSOR] * 5 + [other] * 5:  # one change: two messages, not ten
                 cam.send(frame)
                 time.sleep(0.03)
         with FramePublisher(d.pull, source="door1") as door:
             for _ in range(20):  # 1 s at 20 fps, at most 2 per second
-                door.send(np.zeros((1, 3, 64, 64), np.float32))
+                door.send(ZEROS)
                 time.sleep(0.05)
-        time.sleep(1.0)
+
+        def metric(name: str, **labels) -> float:
+            return d.metric(name, **labels)
+
+        def decided() -> bool:  # every result offered to the sink was sent or held back
+            results = metric("inferd_frame_latency_seconds_count", model="cls", source="cam1") + metric(
+                "inferd_frame_latency_seconds_count", model="det", source="door1"
+            )
+            held = metric("inferd_mqtt_messages_total", result="skipped")
+            return results >= 29 and metric("inferd_mqtt_messages_total", result="sent") + held == results
+
+        wait_for(decided, "the sink to decide on every result")
+        sent = metric("inferd_mqtt_messages_total", result="sent")
+        wait_for(lambda: len(listener.messages) == sent, "the broker to deliver every message sent")
         labels = [r["classes"][0]["label"] for r in listener.results("inferd/board1/cls/cam1")]
-        assert labels == [first, second], labels
+        with InferClient(d.router) as client:
+            expected = [client.infer(x, model="cls").classes[0]["label"] for x in (TENSOR, other)]
+        assert expected[0] != expected[1], "the test needs two frames the classifier tells apart"
+        assert labels == expected, labels
         assert 2 <= len(listener.results("inferd/board1/det/door1")) <= 4
-        assert d.metric("inferd_mqtt_messages_total", result="skipped") >= 8 + 16
+        assert metric("inferd_mqtt_messages_total", result="skipped") >= 7 + 16
+    finally:
+        assert d.stop() == 0
+        listener.close()
+
+
+def test_only_streamed_results_are_published(setup):
+    """Results of pull/sub frames go to the broker; an answer to a router request goes to the asker."""
+    broker, tmp, _ = setup
+    d = DaemonProcess(tmp, daemon_config(broker.port, tmp))
+    listener = Listener(broker.port, "inferd/board1/+/+")
+    try:
+        with InferClient(d.router) as client:
+            assert client.infer(TENSOR, model="cls", source="asked").ok
+        with FramePublisher(d.pull, source="cam0") as cam:
+            cam.send(TENSOR, seq=5)
+            listener.wait(lambda m: m[0] == "inferd/board1/cls/cam0")  # one outbox: in order
+        assert [m[0] for m in listener.messages] == ["inferd/board1/cls/cam0"]
     finally:
         assert d.stop() == 0
         listener.close()
@@ -210,35 +293,228 @@ def test_publish_policies_change_and_rate(setup):
 
 def test_a_broker_outage_costs_no_inference(setup):
     broker, tmp, detector = setup
-    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, detector, "{mode: every}", "  outbox: 5\n"))
+    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, detector, extra="  outbox: 5\n"))
     try:
-        end = time.monotonic() + 5
-        while d.metric("inferd_mqtt_connected") != 1 and time.monotonic() < end:
-            time.sleep(0.1)
-        assert d.metric("inferd_mqtt_connected") == 1
+        wait_for(lambda: d.metric("inferd_mqtt_connected") == 1, "the broker connection")
         broker.kill()
         with FramePublisher(d.pull, source="cam2") as cam, InferClient(d.router) as client:
             for i in range(30):
                 cam.send(TENSOR, seq=i)
                 assert client.infer(TENSOR, model="cls").ok  # inference goes on at full rate
-        end = time.monotonic() + 10
-        while d.metric("inferd_mqtt_messages_total", result="dropped") < 25 and time.monotonic() < end:
-            time.sleep(0.1)
-        assert d.metric("inferd_mqtt_connected") == 0
-        assert d.metric("inferd_mqtt_messages_total", result="dropped") >= 25  # the outbox keeps 5
-        health = json.loads(
-            __import__("urllib.request").request.urlopen(f"http://127.0.0.1:{d.metrics_port}/healthz").read()
-        )
-        assert health["mqtt"] == {"broker": f"mqtt://127.0.0.1:{broker.port}", "connected": False}
+        wait_for(lambda: d.metric("inferd_mqtt_messages_total", result="dropped") >= 25, "25 drops")
+        assert d.metric("inferd_mqtt_connected") == 0  # the outbox keeps 5
+        mqtt = healthz(d)["mqtt"]
+        assert mqtt["broker"] == f"mqtt://127.0.0.1:{broker.port}" and mqtt["connected"] is False
+        wait_for(lambda: "Connection refused" in d.logs(), "the reason in the log")
         broker.start()  # the broker comes back on the same port: inferd reconnects by itself
         listener = Listener(broker.port, "inferd/board1/cls/cam3")
-        end = time.monotonic() + 40
-        while d.metric("inferd_mqtt_connected") != 1 and time.monotonic() < end:
-            time.sleep(0.2)
+        wait_for(lambda: d.metric("inferd_mqtt_connected") == 1, "the reconnection", timeout=40)
         with FramePublisher(d.pull, source="cam3") as cam:
             cam.send(TENSOR, seq=99)
-            time.sleep(0.2)
-        listener.wait(lambda m: json.loads(m[1])["seq"] == 99, timeout=10)
+            listener.wait(lambda m: json.loads(m[1])["seq"] == 99, timeout=10)
         listener.close()
+    finally:
+        assert d.stop() == 0
+
+
+def tls_lines(broker: Broker, ca, password_file) -> str:
+    return (
+        f'broker: "mqtts://127.0.0.1:{broker.port}"\n  username: inferd\n'
+        f"  password_file: {password_file}\n  tls: {{ca_file: {ca}}}"
+    )
+
+
+def test_tls_and_a_password_file_reach_real_clients(tls, tmp_path):
+    broker, certs = tls
+    password = secret(tmp_path / "mqtt.password", "s3cret")
+    listener = Listener(broker.port, "inferd/#", ca=certs["ca"], auth=("reader", "r3ader"))
+    d = DaemonProcess(tmp_path, daemon_config(tls_lines(broker, certs["ca"], password), tmp_path))
+    try:
+        listener.wait(lambda m: m[0] == "inferd/board1/status" and m[1] == "online")
+        sub = subprocess.run(  # Mosquitto's own client, verifying the certificate for 127.0.0.1
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(certs["ca"]),
+             "-u", "reader", "-P", "r3ader", "-t", "inferd/board1/status", "-C", "1", "-W", "10"],
+            capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        assert (sub.returncode, sub.stdout) == (0, "online\n"), sub.stderr
+        with FramePublisher(d.pull, source="cam0") as cam:
+            cam.send(TENSOR, seq=7)
+            result = json.loads(
+                listener.wait(lambda m: m[0] == "inferd/board1/cls/cam0" and '"seq":7' in m[1])[0][1]
+            )
+        with InferClient(d.router) as client:
+            assert result["classes"] == client.infer(TENSOR, model="cls").classes
+        assert d.metric("inferd_mqtt_connected") == 1
+        assert healthz(d)["mqtt"] == {"broker": f"mqtts://127.0.0.1:{broker.port}", "connected": True}
+    finally:
+        assert d.stop() == 0
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong password", "refused the connection: Not authorized"),
+        ("untrusted CA", "cannot connect: [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"),
+    ],
+)
+def test_a_broker_that_refuses_inferd_costs_no_inference(tls, tmp_path, case, reason):
+    broker, certs = tls
+    password = secret(tmp_path / "mqtt.password", "wrong" if case == "wrong password" else "s3cret")
+    ca = certs["other_ca"] if case == "untrusted CA" else certs["ca"]
+    d = DaemonProcess(tmp_path, daemon_config(tls_lines(broker, ca, password), tmp_path))
+    try:
+        wait_for(lambda: reason in d.logs(), f"{reason!r} in the log")
+        assert f"broker mqtts://127.0.0.1:{broker.port}: {reason}" in d.logs()
+        with FramePublisher(d.pull, source="cam0") as cam, InferClient(d.router) as client:
+            for i in range(5):
+                cam.send(TENSOR, seq=i)
+            assert client.infer(TENSOR, model="cls").ok  # inference goes on
+        assert d.metric("inferd_mqtt_connected") == 0
+        assert healthz(d)["mqtt"]["connected"] is False
+        assert d.logs().count(reason) == 1, "each new reason is logged once, not at every retry"
+    finally:
+        assert d.stop() == 0
+
+
+def test_check_refuses_a_password_file_others_can_read(tmp_path):
+    password = secret(tmp_path / "mqtt.password", "s3cret", mode=0o644)
+    config = tmp_path / "inferd.yaml"
+    config.write_text(
+        f"models:\n  - {{name: cls, path: {MODELS}/classifier_int8.onnx}}\n"
+        f'mqtt: {{broker: "mqtt://127.0.0.1:1883", username: inferd, password_file: {password}}}\n'
+    )
+
+    def check() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "inferd", "check", "-c", str(config)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    refused = check()
+    assert refused.returncode == 1
+    assert (
+        f"mqtt.password_file: {password} is readable by others (mode 644): chmod 600 {password}"
+        in refused.stderr
+    ), refused.stderr
+    password.chmod(0o600)
+    accepted = check()
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def rewrite(d: DaemonProcess, config: str) -> None:
+    """A new config for `d`, with the addresses DaemonProcess filled in at the start."""
+    for key, value in {"router": d.router, "pull": d.pull, "metrics": f"127.0.0.1:{d.metrics_port}"}.items():
+        config = config.replace("{" + key + "}", value)
+    d.config_path.write_text(config)
+
+
+def reload(d: DaemonProcess) -> subprocess.CompletedProcess:
+    """`inferd reload` (what `systemctl reload` runs): SIGHUP, then the daemon's verdict."""
+    return subprocess.run(
+        [sys.executable, "-m", "inferd", "reload", "--pid", str(d.proc.pid), "--timeout", "30"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_reload_moves_publishing_removes_entities_and_refuses_a_broken_section(setup):
+    broker, tmp, detector = setup
+    second = Broker(tmp)
+    (tmp / "run").mkdir()
+    a = Listener(broker.port, "inferd/#", "homeassistant/#")
+    b = Listener(second.port, "site2/#")
+    d = DaemonProcess(
+        tmp, daemon_config(broker.port, tmp, detector), env={"RUNTIME_DIRECTORY": str(tmp / "run")}
+    )
+    try:
+        with FramePublisher(d.pull, source="cam0") as cam, FramePublisher(d.pull, source="door") as door:
+            cam.send(TENSOR, seq=1)
+            door.send(ZEROS, seq=1)
+            for topic in (PERSON, COUNT, SENSOR, "inferd/board1/det/door"):
+                a.wait(lambda m, topic=topic: m[0] == topic and m[1])
+        loaded = d.logs().count("loaded model")
+
+        # 1. the detector leaves the config: its Home Assistant entities go (empty retained configs)
+        rewrite(d, daemon_config(broker.port, tmp))
+        verdict = reload(d)
+        assert verdict.returncode == 0 and "serving 1 model(s)" in verdict.stdout, verdict.stderr
+        for topic in (PERSON, COUNT):
+            a.wait(lambda m, topic=topic: m[0] == topic and m[1] == "")
+        late = Listener(broker.port, "homeassistant/#")  # what Home Assistant sees when it restarts
+        late.wait(lambda m: m[0] == SENSOR and m[2])  # the retained configs have arrived
+        assert {m[0] for m in late.messages} == {SENSOR}
+        late.close()
+        assert d.logs().count("loaded model") == loaded, "the classifier was not loaded again"
+
+        # 2. another broker and topic prefix: publishing moves, the models stay
+        rewrite(d, daemon_config(second.port, tmp, prefix="site2"))
+        verdict = reload(d)
+        assert verdict.returncode == 0, verdict.stderr
+        a.wait(lambda m: m[0] == "inferd/board1/status" and m[1] == "offline")  # a clean goodbye
+        b.wait(lambda m: m[0] == "site2/board1/status" and m[1] == "online")
+        with FramePublisher(d.pull, source="cam0") as cam:
+            cam.send(TENSOR, seq=2)
+            b.wait(lambda m: m[0] == "site2/board1/cls/cam0" and json.loads(m[1])["seq"] == 2)
+        assert not [m for m in a.messages if m[0] == "inferd/board1/cls/cam0" and '"seq":2' in m[1]]
+        assert healthz(d)["mqtt"]["broker"] == f"mqtt://127.0.0.1:{second.port}"
+        assert d.metric("inferd_mqtt_connected") == 1  # the new sink's state, not the stopped one's
+        assert d.logs().count("loaded model") == loaded
+
+        # 3. a broken mqtt section is refused whole: the second broker keeps publishing
+        missing = f'broker: "mqtt://127.0.0.1:{broker.port}"\n  username: u\n  password_file: {tmp}/nope'
+        rewrite(d, daemon_config(missing, tmp, prefix="site3"))
+        verdict = reload(d)
+        assert verdict.returncode == 1
+        assert f"mqtt.password_file: {tmp}/nope: no such file" in verdict.stderr, verdict.stderr
+        with FramePublisher(d.pull, source="cam0") as cam:
+            cam.send(TENSOR, seq=3)
+            b.wait(lambda m: m[0] == "site2/board1/cls/cam0" and json.loads(m[1])["seq"] == 3)
+        assert healthz(d)["mqtt"] == {"broker": f"mqtt://127.0.0.1:{second.port}", "connected": True}
+
+        # 4. a change on the same broker (same client id, same status topic): still `online` after
+        rewrite(d, daemon_config(second.port, tmp, prefix="site2", extra="  qos: 1\n"))
+        assert reload(d).returncode == 0
+        with FramePublisher(d.pull, source="cam0") as cam:
+            cam.send(TENSOR, seq=4)
+            b.wait(lambda m: m[0] == "site2/board1/cls/cam0" and json.loads(m[1])["seq"] == 4)
+        late = Listener(second.port, "site2/board1/status")
+        assert late.wait(lambda m: m[2])[0][1] == "online"
+        late.close()
+        assert d.metric("inferd_mqtt_connected") == 1
+    finally:
+        assert d.stop() == 0
+        a.close()
+        b.close()
+        second.kill()
+
+
+def test_entities_of_a_model_removed_while_stopped_are_deleted_at_the_next_start(setup):
+    """Home Assistant keeps retained discovery configs forever: a model (or a label of interest)
+    taken out of the config while inferd was stopped must not leave ghost entities."""
+    broker, tmp, detector = setup
+    a = Listener(broker.port, "homeassistant/#")
+    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, detector))
+    try:
+        with FramePublisher(d.pull, source="cam0") as cam, FramePublisher(d.pull, source="door") as door:
+            cam.send(TENSOR, seq=1)
+            door.send(ZEROS, seq=1)
+            for topic in (PERSON, COUNT, SENSOR):
+                a.wait(lambda m, topic=topic: m[0] == topic and m[1])
+    finally:
+        assert d.stop() == 0
+    a.close()
+    d = DaemonProcess(tmp, daemon_config(broker.port, tmp))  # the detector is gone
+    try:
+        late = Listener(broker.port, "homeassistant/#")
+        wait_for(
+            lambda: (
+                {m[0] for m in late.messages if m[1] == "" and m[0] in (PERSON, COUNT)} == {PERSON, COUNT}
+            ),
+            "the detector's entities deleted",
+        )
+        late.close()
+        again = Listener(broker.port, "homeassistant/#")  # what Home Assistant sees when it restarts
+        again.wait(lambda m: m[0] == SENSOR and m[2])
+        time.sleep(0.5)
+        assert {m[0] for m in again.messages} == {SENSOR}  # the classifier's stays: it is configured
+        again.close()
     finally:
         assert d.stop() == 0

@@ -28,6 +28,11 @@ LOAD_TIMEOUT_S = 60.0  # EXTEND_TIMEOUT_USEC granted per model while it loads
 SWITCH_INTERVAL_S = 0.0002
 
 
+def raw_models(config: Config) -> set[str]:
+    """Models whose results MQTT publishes only when asked (`raw`: tensors, summarised)."""
+    return {m.name for m in config.models if m.postprocess.type == "raw"}
+
+
 class Daemon:
     def __init__(
         self,
@@ -126,6 +131,7 @@ class Daemon:
         self.transport.bind()
         if self.config.mqtt is not None:
             self.replies.sink = self._mqtt(self.config)
+            self.replies.sink.start()
         for workers in self.workers.values():
             for w in workers:
                 w.start()
@@ -141,15 +147,15 @@ class Daemon:
             log.warning("%s", problem)
 
     def _mqtt(self, config: Config):
-        """The MQTT sink for `config.mqtt`, started (it connects in the background)."""
+        """The MQTT sink for `config.mqtt`, not started: building it reads the password and TLS
+        files, so a broken section fails here (a reload then keeps everything as it was)."""
         from inferd.homeassistant import Discovery
         from inferd.mqtt import MqttSink
 
-        raw = {m.name for m in config.models if m.postprocess.type == "raw"}
-        sink = MqttSink(config.mqtt, self.metrics, raw)
+        sink = MqttSink(config.mqtt, self.metrics, raw_models(config))
         if config.mqtt.home_assistant is not None:
-            sink.discovery = Discovery(sink.client, config.mqtt, sink.status_topic)
-        sink.start()
+            models = {m.name for m in config.models}
+            sink.discovery = Discovery(sink.client, config.mqtt, sink.status_topic, models)
         return sink
 
     def start_auth(self) -> None:
@@ -193,6 +199,8 @@ class Daemon:
             raise InferdError("no config file to reload from")
         config, base_dir = load_config(path)
         old_config = self.config
+        # a new MQTT connection is built (not started) first: a broken section fails the reload
+        sink = self._mqtt(config) if config.mqtt is not None and config.mqtt != old_config.mqtt else None
         old = {m.name: m for m in self.config.models}
         keep, fresh = [], []
         for cfg in config.models:
@@ -247,28 +255,27 @@ class Daemon:
             self.metrics.model_loaded.labels(name).set(0)
         if added:
             log.info("new endpoints: %s", ", ".join(added))
-        self._reload_mqtt(old_config, config, set(retired) - set(queues))
+        self._reload_mqtt(old_config, config, set(retired) - set(queues), sink)
         self._retire(retired, old_workers, old_models)
 
-    def _reload_mqtt(self, old: Config, new: Config, removed: set[str]) -> None:
-        """A changed `mqtt:` section reconnects (models and sockets untouched); entities of removed
-        models leave Home Assistant."""
+    def _reload_mqtt(self, old: Config, new: Config, removed: set[str], fresh) -> None:
+        """Entities of removed models leave Home Assistant; a changed `mqtt:` section reconnects
+        (models and sockets untouched): the old connection says `offline` and closes before the
+        new one connects (same client id: the broker would otherwise cut one of them off)."""
         sink = self.replies.sink
-        if sink is not None and sink.discovery is not None and removed:
-            sink.discovery.remove(removed)
+        if sink is not None:
+            if sink.discovery is not None:
+                sink.discovery.remove(removed)
+                sink.discovery.models = {m.name for m in new.models}
+            sink.raw_models = raw_models(new)
         if old.mqtt == new.mqtt:
             return
-        fresh = None
-        if new.mqtt is not None:
-            try:
-                fresh = self._mqtt(new)
-            except (InferdError, OSError) as e:
-                log.error("mqtt: %s; keeping the previous broker connection", e)
-                return
-        self.replies.sink = fresh
+        self.replies.sink = None
         if sink is not None:
             sink.stop()
         if fresh is not None:
+            fresh.start()
+            self.replies.sink = fresh
             log.info("mqtt: now publishing to %s", new.mqtt.broker)
 
     def _retire(self, queues: dict[str, ModelQueue], workers: dict, models: dict) -> None:
@@ -317,8 +324,9 @@ class Daemon:
             elif busy is None and w.is_alive() and now - w.last_progress > 5.0:
                 problems.append(f"worker {w.name} loop stalled for {now - w.last_progress:.1f} s")
         body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
-        if self.replies.sink is not None:  # informative only: a broker never makes inferd unhealthy
-            body["mqtt"] = {"broker": self.config.mqtt.broker, "connected": self.replies.sink.connected}
+        sink = self.replies.sink
+        if sink is not None:  # informative only: a broker never makes inferd unhealthy
+            body["mqtt"] = sink.state()
         return not problems, body
 
     def readiness(self) -> tuple[bool, dict]:

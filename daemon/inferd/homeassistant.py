@@ -2,31 +2,52 @@
 
 One device per board; per classify model and source a sensor (the top label, with its score and
 the top-k as attributes); per detect model and source a count sensor, and a binary sensor for
-each configured label of interest ("person detected", turning off `off_delay` after the last
-sighting). Entities appear when a source first sends a result, are announced again on every
-reconnection (retained), and are removed (an empty retained config) when a reload drops the model.
+each configured label of interest ("person detected"). How that one turns off follows the model's
+publish policy: `every` and `rate` publish while the label is seen, so a result without it says
+nothing and `off_delay` turns the sensor off after the last sighting (one missed frame does not
+flicker it); `change` publishes nothing while the scene stays the same, so the label leaving is an
+explicit OFF and there is no `off_delay` (it would turn off a person standing still). Entities
+appear when a source first sends a result, are announced again on every reconnection (retained),
+and are removed (an empty retained config) when a reload drops the model, or, at the first
+connection after a start, when their model or label is no longer configured.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 
 from inferd import __version__
 from inferd.config.mqtt import MqttConfig
 
+SWEEP_S = 3.0  # after connecting, how long retained discovery configs are read for stale ones
+
 
 def _id(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+    """A name as an id part: letters and digits kept, every other byte as -XX (reversible, so
+    model "a_b" with source "c" and model "a" with source "b_c" never share an id)."""
+    return re.sub(rb"[^A-Za-z0-9]", lambda m: b"-%02x" % m.group()[0], text.encode()).decode()
+
+
+def _name(part: str) -> str:
+    """The inverse of _id."""
+    return re.sub(rb"-([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), part.encode()).decode(
+        errors="replace"
+    )
 
 
 class Discovery:
-    def __init__(self, client, cfg: MqttConfig, status_topic: str) -> None:
+    def __init__(self, client, cfg: MqttConfig, status_topic: str, models: set[str] | None = None) -> None:
         self.client, self.cfg, self.status_topic = client, cfg, status_topic
         self.ha = cfg.home_assistant
+        self.models = set(models or ())  # the configured models: others' entities are stale
         self.announced: dict[str, dict[str, str]] = {}  # model -> {config topic: payload}
+        self._seen: set[tuple[str, str]] = set()  # (model, source) announced: one lookup per result
         self._lock = threading.Lock()
+        self._swept = False
+        self.node = f"inferd_{cfg.device_id}"
 
     @property
     def device(self) -> dict:
@@ -45,8 +66,7 @@ class Discovery:
             "state_topic": state, "device": self.device, "availability_topic": self.status_topic,
             "payload_available": "online", "payload_not_available": "offline",
         }  # fmt: skip
-        prefix = f"{self.ha.discovery_prefix}"
-        node = f"inferd_{dev}"
+        prefix, node = self.ha.discovery_prefix, self.node
         out: dict[str, dict] = {}
         if "classes" in result:
             out[f"{prefix}/sensor/{node}/{_id(model)}_{_id(source)}/config"] = {
@@ -62,13 +82,21 @@ class Discovery:
                 "value_template": "{{ value_json.detections | length }}", "state_class": "measurement",
                 "icon": "mdi:counter",
             }  # fmt: skip
+            policy = cfg.models.get(model) or cfg.publish
+            off_delay = None  # `change`: the label leaving is published, as OFF
+            if policy.mode != "change":  # a result per frame or per 1/max_per_s: OFF is the silence
+                rate = policy.max_per_s if policy.mode == "rate" else math.inf
+                off_delay = max(self.ha.off_delay_s, math.ceil(2 / rate))  # integer seconds for HA
+            otherwise = "''" if off_delay else "'OFF'"  # Home Assistant ignores an empty state
             for label in self.ha.labels:
                 sensor = {
                     **common, "name": f"{label} detected ({source})", "unique_id": f"{base_id}_{_id(label)}",
                     "value_template": "{{ 'ON' if value_json.detections | selectattr('label', 'equalto', "
-                    f"{json.dumps(label)}) | list | count > 0 else 'OFF' }}}}",
-                    "payload_on": "ON", "payload_off": "OFF", "off_delay": self.ha.off_delay_s,
+                    f"{json.dumps(label)}) | list | count > 0 else {otherwise} }}}}",
+                    "payload_on": "ON", "payload_off": "OFF",
                 }  # fmt: skip
+                if off_delay:
+                    sensor["off_delay"] = off_delay
                 if label == "person":
                     sensor["device_class"] = "occupancy"
                 out[f"{prefix}/binary_sensor/{node}/{_id(model)}_{_id(source)}_{_id(label)}/config"] = sensor
@@ -76,29 +104,56 @@ class Discovery:
 
     def seen(self, model: str, source: str, result: dict) -> None:
         """Announce a model/source's entities the first time it has a result."""
-        new = {
-            t: p
-            for t, p in self.entities(model, source, result).items()
-            if t not in self.announced.get(model, {})
-        }
-        if not new:
+        if (model, source) in self._seen:
             return
         with self._lock:
-            for topic, payload in new.items():
+            self._seen.add((model, source))
+            for topic, payload in self.entities(model, source, result).items():
                 text = json.dumps(payload, separators=(",", ":"))
                 self.announced.setdefault(model, {})[topic] = text
                 self.client.publish(topic, text, qos=1, retain=True)
 
     def connected(self) -> None:
-        """Announce again after a (re)connection: the broker may have lost retained messages."""
+        """Announce again after a (re)connection: the broker may have lost retained messages. On
+        the first connection, also read this board's retained configs for a few seconds and delete
+        those of models (or labels) no longer configured: removed while inferd was stopped."""
         with self._lock:
             for entities in self.announced.values():
                 for topic, text in entities.items():
                     self.client.publish(topic, text, qos=1, retain=True)
+            if self._swept:
+                return
+            self._swept = True
+        pattern = f"{self.ha.discovery_prefix}/+/{self.node}/+/config"
+        self.client.message_callback_add(pattern, self._retained)
+        self.client.subscribe(pattern, qos=1)
+
+        def end() -> None:
+            self.client.unsubscribe(pattern)
+            self.client.message_callback_remove(pattern)
+
+        timer = threading.Timer(SWEEP_S, end)
+        timer.daemon = True
+        timer.start()
+
+    def _retained(self, client, _userdata, msg) -> None:
+        """paho's thread: a config this board announced some time; empty it if it is stale."""
+        if msg.payload and self.stale(msg.topic):
+            client.publish(msg.topic, "", qos=1, retain=True)
+
+    def stale(self, topic: str) -> bool:
+        """A config topic for a model that is not configured, or a label no longer of interest."""
+        parts = topic.split("/")
+        component, ids = parts[-4], parts[-2].split("_")
+        if _name(ids[0]) not in self.models:
+            return True
+        return component == "binary_sensor" and len(ids) == 3 and _name(ids[2]) not in self.ha.labels
 
     def remove(self, models: set[str]) -> None:
         """Entities of models a reload removed: an empty retained config deletes them in HA."""
         with self._lock:
+            self.models -= models
+            self._seen = {key for key in self._seen if key[0] not in models}
             for model in models:
                 for topic in self.announced.pop(model, {}):
                     self.client.publish(topic, "", qos=1, retain=True)

@@ -91,7 +91,7 @@ def test_a_real_yolov8_export_matches_the_packages_own_decoder(tmp_path, portrai
     for ours, theirs in zip(decoded["detections"], ref, strict=True):
         x, y, bw, bh = theirs["box"]  # the package truncates x, y, w and h to int pixels
         diff = np.asarray(ours["box"]) - [x, y, x + bw, y + bh]
-        assert ((0 <= diff) & (diff < [1, 1, 2, 2])).all(), (ours["box"], theirs["box"])
+        assert ((diff >= 0) & (diff < [1, 1, 2, 2])).all(), (ours["box"], theirs["box"])
         assert ours["score"] == pytest.approx(theirs["score"], rel=1e-5)
 
     # and the face is where an unrelated model (MediaPipe's BlazeFace) puts it

@@ -155,7 +155,25 @@ def load_config(path: str | os.PathLike[str]) -> tuple[Config, Path]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
     base = path.resolve().parent
-    return resolve_security_paths(parse_config(text, path), base), base
+    config = resolve_security_paths(parse_config(text, path), base)
+    return resolve_mqtt_paths(config, base, path), base
+
+
+def resolve_mqtt_paths(config: Config, base: Path, source: Path) -> Config:
+    """The mqtt password and TLS files relative to the config file's folder, then checked."""
+    mqtt = config.mqtt
+    if mqtt is None:
+        return config
+    data = mqtt.model_dump(exclude_unset=True)
+    if mqtt.password_file is not None:
+        data["password_file"] = base / mqtt.password_file
+    for key in ("ca_file", "cert_file", "key_file"):
+        if mqtt.tls is not None and getattr(mqtt.tls, key) is not None:
+            data["tls"][key] = base / getattr(mqtt.tls, key)
+    try:
+        return config.model_copy(update={"mqtt": MqttConfig.model_validate(data)})
+    except ValidationError as e:
+        raise ConfigError(format_errors(f"{source} (mqtt)", e, MqttConfig)) from None
 
 
 def resolve_security_paths(config: Config, base: Path) -> Config:

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from inferd.config.base import Strict
 
@@ -30,8 +30,11 @@ class HomeAssistantConfig(Strict):
         default_factory=list,
         description="detect models: a binary sensor per source for each of these labels.",
     )
-    off_delay_s: float = Field(
-        5.0, ge=0, description="Binary sensors turn off this long after the last sighting."
+    off_delay_s: int = Field(
+        5,
+        ge=1,
+        description="`every`/`rate` models: binary sensors turn off this many seconds after the last "
+        "sighting (at least two publish intervals); `change` models publish the label leaving instead.",
     )
 
 
@@ -42,6 +45,15 @@ class MqttTlsConfig(Strict):
     cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
     key_file: Path | None = Field(None, description="Client key (mutual TLS).")
     insecure: bool = Field(False, description="Skip verifying the broker's certificate (testing only).")
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        # a relative path is checked once load_config has made it absolute (the config's folder)
+        problem = v is not None and v.is_absolute() and file_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class MqttConfig(Strict):
@@ -84,11 +96,40 @@ class MqttConfig(Strict):
             raise ValueError(f"{v!r}: letters, digits, _ and - only (it is a topic level and an id)")
         return v
 
+    @field_validator("password_file")
+    @classmethod
+    def _private(cls, v: Path | None) -> Path | None:
+        """Refused here, so `inferd check` and a reload say it before a connection fails."""
+        problem = v is not None and v.is_absolute() and file_problem(v, private=True)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @model_validator(mode="after")
+    def _user(self) -> MqttConfig:
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs a username (MQTT sends no password without one)")
+        return self
+
     @property
     def host_port(self) -> tuple[str, int, bool]:
         m = re.match(r"^(mqtts?)://([^/:]+)(?::(\d+))?", self.broker)
         tls = m.group(1) == "mqtts"
         return m.group(2), int(m.group(3) or (8883 if tls else 1883)), tls
+
+
+def file_problem(path: Path, private: bool = False) -> str | None:
+    """A missing file, or (private) one that group or others may read. Only stat() is used: `inferd
+    check` run by another user than the daemon's still sees these two, and nothing else is guessed."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{path}: no such file"
+    except OSError:
+        return None  # a folder we may not search: the daemon itself will say whether it can read it
+    if private and mode & 0o077:
+        return f"{path} is readable by others (mode {mode & 0o777:o}): chmod 600 {path}"
+    return None
 
 
 def sanitize(name: str) -> str:
