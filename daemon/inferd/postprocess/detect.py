@@ -149,13 +149,14 @@ class Detect:
 
     def _ssd(self, outputs: list[np.ndarray]) -> Candidates:
         boxes = np.asarray(outputs[self.indices[0]], np.float32).reshape(-1, 4)
-        classes = np.asarray(outputs[self.indices[1]]).reshape(-1).astype(np.int64)
         scores = np.asarray(outputs[self.indices[2]], np.float32).reshape(-1)
         n = len(scores)
         if len(self.indices) == 4:
             n = min(n, int(np.asarray(outputs[self.indices[3]]).reshape(-1)[0]))
+        # rows past the count are whatever the runtime left there (NaN, too): cut before the cast
+        classes = np.asarray(outputs[self.indices[1]]).reshape(-1)[:n].astype(np.int64)
         # TFLite's detection postprocess gives [ymin, xmin, ymax, xmax]
-        return boxes[:n][:, [1, 0, 3, 2]], scores[:n], classes[:n], None
+        return boxes[:n][:, [1, 0, 3, 2]], scores[:n], classes, None
 
     def _anchors(self, outputs: list[np.ndarray]) -> Candidates:
         return self.anchors.decode(
