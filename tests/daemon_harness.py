@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,8 @@ class DaemonProcess:
             "camera_pub": self.camera_pub, "metrics": f"127.0.0.1:{self.metrics_port}", "tmp": tmp,
         }.items():  # fmt: skip
             text = text.replace("{" + key + "}", str(value))
+        if not re.search(r"^metrics:", text, re.M):  # never the default port: another daemon may have it
+            text += f'\nmetrics: {{listen: "127.0.0.1:{self.metrics_port}"}}\n'
         self.config_path = tmp / "inferd.yaml"
         self.config_path.write_text(text)
         self.log = open(tmp / "inferd.log", "w+")  # noqa: SIM115
