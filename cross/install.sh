@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install or upgrade inferd from this bundle, offline, without ever leaving the board without a
 # working daemon. usage (as root, from the unpacked bundle):
-#   sudo ./install.sh [--no-start] [--no-check] [--force]    install, or upgrade the installed version
+#   sudo ./install.sh [--no-start] [--no-check] [--no-capture] [--force]
+#                                                            install, or upgrade the installed version
 #   sudo ./install.sh --rollback [--no-start] [--no-check]   back to the version before the last switch
 #   ./install.sh --verify                                    only check the bundle against SHA256SUMS
 # In order: every file of the bundle is checked against SHA256SUMS (nothing is touched before);
@@ -12,6 +13,10 @@
 # restart, the previous tree is switched back and restarted, and install.sh exits 1. The previous
 # tree is kept for --rollback (which also works from /opt/inferd/share/inferd/install.sh, without
 # the bundle); older ones are removed. Config (/etc/inferd) and models (/var/lib/inferd) are kept.
+# Installed with inferd: `inferd capture` (PyAV: the aarch64 bundle's wheel, FFmpeg inside; on armv7
+# Debian's python3-av, required unless --no-capture) with its template unit inferd-capture@.service
+# (no instance enabled; an example camera in /etc/inferd/capture/example.yaml.sample), and MQTT
+# publishing (paho-mqtt, pure Python: always).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd -P)
 LINK=/opt/inferd                 # what the unit runs: /opt/inferd/bin/inferd
@@ -19,14 +24,17 @@ RELEASES=/opt/inferd-releases    # VERSION-STAMP trees, "previous" -> the one to
 CONFIG=/etc/inferd/inferd.yaml
 SETTLE=5                         # seconds inferd must stay active (same PID) after a restart
 
-MODE=install START=1 CHECK=1 FORCE=0
+MODE=install START=1 CHECK=1 FORCE=0 CAPTURE=1
 usage() {
     sed -n '2,/^set -e/{/^#/s/^# \{0,1\}//p}' "$0"
     cat <<EOF
-Options: --no-start  switch and enable, but do not restart inferd now (it keeps running the old
-                     version until the next restart; no service check then)
-         --no-check  skip 'inferd check' of the config and models on the new version
-         --force     install even if this machine is not the bundle's architecture
+Options: --no-start    switch and enable, but do not restart inferd now (it keeps running the old
+                       version until the next restart; no service check then)
+         --no-check    skip 'inferd check' of the config and models on the new version
+         --no-capture  leave out PyAV, which \`inferd capture\` decodes with (aarch64: its ~33 MB
+                       wheel, FFmpeg inside; armv7: Debian's python3-av is then not required);
+                       give it again at every upgrade. MQTT (paho-mqtt) is always installed
+         --force       install even if this machine is not the bundle's architecture
 EOF
 }
 while [ $# -gt 0 ]; do
@@ -35,6 +43,7 @@ while [ $# -gt 0 ]; do
     --verify) MODE=verify ;;
     --no-start) START=0 ;;
     --no-check) CHECK=0 ;;
+    --no-capture) CAPTURE=0 ;;
     --force) FORCE=1 ;;
     -h | --help | help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -81,18 +90,31 @@ adopt_old_tree() {
     mv -T "$LINK" "$RELEASES/$name"
     ln -sfn "inferd-releases/$name" "$LINK"
 }
-# The unit, sysusers and tmpfiles of a release (kept in its share/inferd/systemd), installed in the
+# The units, sysusers and tmpfiles of a release (kept in its share/inferd/systemd), installed in the
 # local-admin locations (/etc: a later .deb in /usr/lib does not clash).
 system_files() {  # system_files RELEASE
     local s=$RELEASES/$1/share/inferd/systemd
     [ -f "$s/inferd.service" ] || { say "$1 has no unit of its own: keeping the installed one"; return 0; }
     install -D -m 0644 "$s/inferd.service" /etc/systemd/system/inferd.service
+    # The capture template: installed, never enabled here (an instance per camera is the admin's).
+    [ ! -f "$s/inferd-capture@.service" ] ||
+        install -D -m 0644 "$s/inferd-capture@.service" "/etc/systemd/system/inferd-capture@.service"
     install -D -m 0644 "$s/inferd.sysusers" /etc/sysusers.d/inferd.conf
     install -D -m 0644 "$s/inferd.tmpfiles" /etc/tmpfiles.d/inferd.conf
     systemd-sysusers /etc/sysusers.d/inferd.conf
     systemd-tmpfiles --create /etc/tmpfiles.d/inferd.conf
 }
 systemd_runs() { [ -d /run/systemd/system ]; }
+# Camera processes that run (inferd-capture@NAME, enabled by the admin) restarted on the code
+# /opt/inferd now points at; stopped ones stay stopped.
+restart_captures() {
+    local running
+    running=$(systemctl list-units --state=active,activating --plain --no-legend 'inferd-capture@*.service' 2>/dev/null |
+        awk '{ print $1 }' | tr '\n' ' ')
+    [ -n "${running// /}" ] || return 0
+    say "restarting the running camera processes: $running"
+    systemctl try-restart 'inferd-capture@*.service' || say "a camera process did not restart: journalctl -u 'inferd-capture@*'"
+}
 # Restart and watch: active, and still the same process SETTLE seconds later (not restart-looping).
 restart_and_watch() {
     local pid
@@ -136,6 +158,7 @@ switch_to() {  # switch_to TO FROM
     say "restarting inferd (Type=notify: returns once the models are loaded and the sockets bound)"
     if restart_and_watch; then
         systemctl --no-pager --lines=0 status inferd || true
+        restart_captures
         return 0
     fi
     systemctl --no-pager --lines=20 status inferd >&2 || true
@@ -147,6 +170,7 @@ switch_to() {  # switch_to TO FROM
     if [ -n "$before" ]; then set_link "$RELEASES/previous" "$before"; else rm -f "$RELEASES/previous"; fi
     if restart_and_watch; then
         say "back on $from (inferd $(version_of "$from")), active"
+        restart_captures
     else
         systemctl --no-pager --lines=20 status inferd >&2 || true
         say "$from did not stay active either: journalctl -u inferd"
@@ -188,6 +212,12 @@ fi
 # 1. The bundle, before anything else: its files, then its settings.
 verify_bundle
 source "$HERE/bundle.env"  # ARCH, UNAME_M, VERSION, REQUIREMENT, SYSTEM_SITE_PACKAGES, DEBIAN_PACKAGES, IMPORTS
+# ... and REQUIREMENT_CAPTURE, DEBIAN_PACKAGES_CAPTURE, IMPORTS_CAPTURE: what `inferd capture` adds.
+if [ "$CAPTURE" = 1 ]; then
+    REQUIREMENT=${REQUIREMENT_CAPTURE:-$REQUIREMENT}
+    DEBIAN_PACKAGES="$DEBIAN_PACKAGES${DEBIAN_PACKAGES_CAPTURE:+ $DEBIAN_PACKAGES_CAPTURE}"
+    IMPORTS="$IMPORTS${IMPORTS_CAPTURE:+, $IMPORTS_CAPTURE}"
+fi
 
 # 2. Preconditions: the right architecture, Python 3.11, systemd's tools, Debian packages, no .deb.
 m=$(uname -m)
@@ -204,11 +234,15 @@ if dpkg-query -W -f='${Status}\n' inferd 2>/dev/null | grep -q '^install ok inst
   or apt remove inferd before using the bundle"
 fi
 if [ -n "$DEBIAN_PACKAGES" ]; then
-    # The armv7 bundle uses Debian's builds of numpy, pyzmq, PyYAML and Pillow (PyPI has no armv7 wheels).
+    # The armv7 bundle uses Debian's builds of numpy, pyzmq, PyYAML, Pillow and PyAV (PyPI has no
+    # armv7 wheels).
     missing=$(for p in $DEBIAN_PACKAGES; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null |
         grep -q '^install ok installed' || echo "$p"; done)
+    hint=""
+    case " $(echo $missing) " in *" python3-av "*) hint="
+  (python3-av is what \`inferd capture\` decodes with; a board without cameras: ./install.sh --no-capture)" ;; esac
     [ -z "$missing" ] || die "missing Debian packages: $(echo $missing). Install them first (from the
-  Debian/Raspberry Pi OS archive, or a local mirror): apt install $(echo $missing)"
+  Debian/Raspberry Pi OS archive, or a local mirror): apt install $(echo $missing)$hint. Nothing was changed."
 fi
 take_lock
 prune
@@ -220,13 +254,13 @@ while [ -e "$RELEASES/$NEW" ]; do sleep 1; NEW=$VERSION-$(date -u +%Y%m%dT%H%M%S
 DONE=0
 trap '[ "$DONE" = 1 ] || { rm -rf "${RELEASES:?}/$NEW"; echo "inferd install: removed the unfinished $RELEASES/$NEW; inferd was not switched" >&2; }' EXIT
 T=$RELEASES/$NEW
-say "building $T (Python $pyver${SYSTEM_SITE_PACKAGES:+, with the system site-packages}); the running inferd is not touched"
+say "building $T (Python $pyver${SYSTEM_SITE_PACKAGES:+, with the system site-packages}; capture: $([ "$CAPTURE" = 1 ] && echo yes || echo 'no (--no-capture)')); the running inferd is not touched"
 python3 -m venv --without-pip ${SYSTEM_SITE_PACKAGES:+--system-site-packages} "$T"
 PIP=("$T/bin/python" "$(ls "$HERE"/wheels/pip-*.whl | head -1)/pip" --disable-pip-version-check
     --no-input --no-cache-dir install --no-index --find-links "$HERE/wheels" --no-warn-script-location)
 if [ -n "$SYSTEM_SITE_PACKAGES" ]; then
     # Dependencies come partly from Debian: install exactly the bundled wheels, no resolution.
-    say "installing $(ls "$HERE"/wheels/*.whl | wc -l) wheels (--no-deps; numpy, pyzmq, PyYAML, Pillow from Debian)"
+    say "installing $(ls "$HERE"/wheels/*.whl | wc -l) wheels (--no-deps; from Debian: $DEBIAN_PACKAGES)"
     PIP_ROOT_USER_ACTION=ignore "${PIP[@]}" -q --no-deps "$HERE"/wheels/*.whl || die "pip could not install the bundle's wheels"
 else
     say "installing $REQUIREMENT and its dependencies from $HERE/wheels"
@@ -236,11 +270,14 @@ fi
 install -d "$T/share/doc/inferd" "$T/share/inferd/systemd"
 install -m 0644 "$HERE"/doc/*.md "$HERE/build-info.json" "$HERE/systemd/inferd.service.d-example.conf" "$T/share/doc/inferd/"
 install -m 0644 "$HERE"/systemd/inferd.{service,sysusers,tmpfiles} "$T/share/inferd/systemd/"
+[ ! -f "$HERE/systemd/inferd-capture@.service" ] || install -m 0644 "$HERE/systemd/inferd-capture@.service" "$T/share/inferd/systemd/"
+[ ! -f "$HERE/capture-example.yaml" ] || install -m 0644 "$HERE/capture-example.yaml" "$T/share/inferd/"
 install -m 0644 "$HERE/bundle.env" "$T/share/inferd/"
 install -m 0755 "$HERE/install.sh" "$T/share/inferd/"  # --rollback without the bundle
 
 # 4. The inferd user and folders, example models (never over a file already there), a default
-#    config (only when there is none): additions the running version is not disturbed by.
+#    config (only when there is none), the example camera config: additions the running version is
+#    not disturbed by.
 install -D -m 0644 "$HERE/systemd/inferd.sysusers" /etc/sysusers.d/inferd.conf
 install -D -m 0644 "$HERE/systemd/inferd.tmpfiles" /etc/tmpfiles.d/inferd.conf
 systemd-sysusers /etc/sysusers.d/inferd.conf
@@ -254,6 +291,10 @@ else
     install -D -m 0644 "$HERE/inferd.yaml" "$CONFIG"
     say "installed the default $CONFIG"
 fi
+# Camera configs: /etc/inferd/capture/NAME.yaml for inferd-capture@NAME. The sample is ours (refreshed
+# every time; its name never matches an instance's), the folder's other files the admin's.
+install -d -m 0755 /etc/inferd/capture
+install -m 0644 "$HERE/capture-example.yaml" /etc/inferd/capture/example.yaml.sample
 
 # 5. The new version checks the config and models before it is switched to.
 check_tree "$NEW" || die "inferd $VERSION fails 'inferd check' on $CONFIG: not switching (the running

@@ -10,8 +10,9 @@
                                         its chroot, SITE: its venv's site-packages
     pins.py compare DIR_A DIR_B         sha256 of every file under both folders: exit 1 on a difference
 
-roots: aarch64 is inferd[onnx,tflite] with everything it depends on; armv7 is inferd's base
-dependencies without those Debian provides on the board (numpy, pyzmq, PyYAML, Pillow), and
+roots: aarch64 is inferd[onnx,tflite,capture,mqtt] with everything it depends on (PyAV's wheel
+carries FFmpeg); armv7 is inferd's base dependencies and the capture and mqtt extras without those
+Debian provides on the board (numpy, pyzmq, PyYAML, Pillow, PyAV: no armv7l wheels), and
 tflite-runtime from the tflite-legacy extra (downloaded --no-deps: its numpy is Debian's). Both
 carry pip, which install.sh runs from its wheel.
 """
@@ -33,16 +34,20 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 REPO = Path(__file__).resolve().parents[1]
-# numpy, pyzmq, PyYAML and Pillow have no armv7l wheels on PyPI: the armv7 bundle uses Debian's.
+# numpy, pyzmq, PyYAML, Pillow and PyAV have no armv7l wheels on PyPI: the armv7 bundle uses Debian's
+# (python3-av only for `inferd capture`: install.sh asks for it unless --no-capture).
 FROM_DEBIAN = {
     "numpy": "python3-numpy",
     "pyzmq": "python3-zmq",
     "pyyaml": "python3-yaml",
     "pillow": "python3-pil",
+    "av": "python3-av",
 }
+# The extras every bundle and the .deb carry besides a runtime: `inferd capture` and MQTT publishing.
+EXTRAS = ("capture", "mqtt")
 # The versions build-info.json lists first (the rest follow under "packages").
 SHOWN = ("numpy", "pyzmq", "onnxruntime", "ai-edge-litert", "tflite-runtime", "pydantic", "pillow",
-         "prometheus-client", "pyyaml")  # fmt: skip
+         "prometheus-client", "pyyaml", "av", "paho-mqtt")  # fmt: skip
 # Debian packages of the .deb's chroot whose versions matter most to the venv.
 DEBIAN_SHOWN = ("python3.11", "libpython3.11-stdlib", "libc6", "libstdc++6", "libgcc-s1")
 
@@ -67,15 +72,20 @@ def roots(arch: str, wheel: Path | None) -> list[str]:
     assert wheel is not None
     meta = wheel_metadata(wheel)
     if arch == "aarch64":
-        return [f"{wheel}[onnx,tflite]", "pip"]
+        return [f"{wheel}[{','.join(('onnx', 'tflite', *EXTRAS))}]", "pip"]
     out = []
     for line in meta.get_all("Requires-Dist") or []:
         req = Requirement(line)
         name = canonicalize_name(req.name)
-        marker = str(req.marker or "")
-        if "extra ==" not in marker and name not in FROM_DEBIAN:
+        marker = str(req.marker or "").replace("'", '"')
+        if name in FROM_DEBIAN:
+            continue
+        if "extra ==" not in marker:
             out.append(str(req))
-        elif marker.replace("'", '"') == 'extra == "tflite-legacy"' and name != "numpy":
+        elif marker in {f'extra == "{e}"' for e in EXTRAS}:
+            req.marker = None
+            out.append(str(req))
+        elif marker == 'extra == "tflite-legacy"':
             req.marker = None
             out.append(f"--no-deps {req}")
     return [*out, "pip"]
@@ -167,6 +177,8 @@ def build_info(arch: str, folder: Path, dpkg: Path | None, site: Path | None = N
             versions[name] = found[name][0]
         elif arch == "armv7" and name in FROM_DEBIAN:
             versions[name] = f"Debian {FROM_DEBIAN[name]} on the board (bookworm's; not in the bundle)"
+            if name == "av":
+                versions[name] += ": inferd capture's decoder, required by install.sh unless --no-capture"
         else:
             versions[name] = None
     lock_file = REPO / "cross" / f"requirements-{arch}.txt"

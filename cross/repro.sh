@@ -17,7 +17,7 @@ S=$W/src
 mkdir -p "$S/daemon" "$S/docs" "$S/examples" "$S/qemu" "$S/cross"
 cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/systemd" "$S/"
 cp -r "$REPO/daemon/inferd" "$S/daemon/"
-cp -r "$REPO/docs/deploy.md" "$S/docs/"
+cp -r "$REPO/docs/deploy.md" "$REPO/docs/capture.md" "$REPO/docs/mqtt.md" "$S/docs/"
 cp -r "$REPO/examples/models" "$S/examples/"
 cp "$REPO/qemu/lib.sh" "$S/qemu/"
 (cd "$REPO/cross" && cp -r ./*.sh ./*.py ./*.txt config "$S/cross/")

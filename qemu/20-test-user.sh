@@ -5,10 +5,12 @@
 #            in the chroot against the installed inferd wheel. Inference is ~280x slower: keep it small.
 #            Then qemu/tests/test_install.py (host side): the bundle's install.sh on a copy of the
 #            rootfs: refused when altered, upgrade, rollback, a broken wheel (its last two tests,
-#            arch-independent shell paths, run on armv7 only).
+#            arch-independent shell paths, and the armv7-only python3-av check run on armv7 only).
 #   armv7:   the armv7 bundle's install.sh run in the armhf rootfs (systemd not running there: it
-#            enables but does not start), then qemu/tests/test_armv7_tflite.py and test_install.py on
-#            the host, which drive inferd and install.sh in that chroot (test_install.py: in a copy).
+#            enables but does not start; python3-av is there from the rootfs step), then
+#            qemu/tests/test_armv7_tflite.py (TFLite, paho-mqtt, `inferd capture` with Debian's PyAV)
+#            and test_install.py on the host, which drive inferd and install.sh in that chroot
+#            (test_install.py: in a copy).
 #   20-test-user.sh aarch64 ROOTFS BUNDLE WHEELHOUSE TESTWHEELS [TESTS...]
 #   20-test-user.sh armv7 ROOTFS BUNDLE [PYTEST ARGS...]
 set -euo pipefail
@@ -74,7 +76,7 @@ if [ "$ARCH" = aarch64 ]; then
     install_tests() {
         cd "$REPO" && QEMU_BOARD_ARCH=$ARCH QEMU_BOARD_ROOTFS=$ROOTFS QEMU_BOARD_BUNDLE=$BUNDLE \
             "$REPO/.venv/bin/python" -m pytest -p no:cacheprovider -q -m qemu "$QEMU_DIR/tests/test_install.py" \
-            -k 'not fails_inferd_check and not does_not_stay_active'
+            -k 'not fails_inferd_check and not does_not_stay_active and not python3_av'
     }
     timed "test-user aarch64 install.sh (pytest, qemu-user)" install_tests
 else

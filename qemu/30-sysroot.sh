@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Step 30: the bootable arm64 tree: a copy of the rootfs with Debian's cloud kernel + initramfs
-# (virtio drivers in the initrd), openssh-server with a throwaway key for root, systemd-networkd on
-# DHCP, fstab, hostname, and the apt/man-db timers masked. Kernel and initrd are copied out.
+# (virtio drivers in the initrd), openssh-server with a throwaway key for root, mosquitto and
+# mosquitto-clients (an MQTT broker for test_system.py's publishing test: the booted guest has no
+# network to fetch one; disabled, the test starts it), systemd-networkd on DHCP, fstab, hostname,
+# and the apt/man-db timers masked. Kernel and initrd are copied out.
 #   30-sysroot.sh ROOTFS SYSROOT PUBKEY OUTDIR
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -23,11 +25,11 @@ printf '#!/bin/sh\nexit 101\n' >"$TMP/usr/sbin/policy-rc.d" && chmod +x "$TMP/us
 packages() {
     in_chroot "$TMP" apt-get update -qq
     with_progress "$OUT/sysroot-apt.log" in_chroot "$TMP" apt-get install -y --no-install-recommends \
-        linux-image-cloud-arm64 initramfs-tools openssh-server ||
+        linux-image-cloud-arm64 initramfs-tools openssh-server mosquitto mosquitto-clients ||
         die "apt-get install in the chroot failed (log: $OUT/sysroot-apt.log)"
 }
-say "apt-get install linux-image-cloud-arm64 initramfs-tools openssh-server (emulated: ~4 min)"
-timed "kernel+initramfs+ssh (qemu-user apt)" packages
+say "apt-get install linux-image-cloud-arm64 initramfs-tools openssh-server mosquitto mosquitto-clients (emulated: ~4-5 min)"
+timed "kernel+initramfs+ssh+mosquitto (qemu-user apt)" packages
 rm -f "$TMP/usr/sbin/policy-rc.d"
 
 say "configuring: fstab, hostname, networkd, ssh key, masked timers"
@@ -50,6 +52,8 @@ PasswordAuthentication no
 UseDNS no
 SSH
 in_chroot "$TMP" systemctl enable systemd-networkd.service ssh.service >/dev/null 2>&1
+# The broker runs only when a test starts it (systemctl start mosquitto): boots stay as they were.
+in_chroot "$TMP" systemctl disable mosquitto.service >/dev/null 2>&1
 in_chroot "$TMP" systemctl mask apt-daily.timer apt-daily-upgrade.timer man-db.timer e2scrub_all.timer \
     fstrim.timer systemd-networkd-wait-online.service >/dev/null 2>&1
 # No network on a field board: apt install ./inferd_*.deb must not need package lists.

@@ -6,8 +6,11 @@ root filesystem (Debian's python3-numpy 1.24, python3-zmq 24, python3-yaml, pyth
 these tests: `inferd run` in the chroot, frames sent from the host over ZeroMQ (tcp on loopback:
 a chroot shares the host's network), results compared with the same model on the host: bit-exact
 against x86 tflite-runtime (.venv-legacy, which `make -C qemu ci` builds; without it that test
-skips, and fails in CI), within one quantization step of x86 LiteRT. install.sh's own failure
-paths (altered bundle, broken wheel, failed check, rollback) are in test_install.py.
+skips, and fails in CI), within one quantization step of x86 LiteRT. The capture and mqtt extras:
+paho-mqtt imports from the bundle, and `inferd capture` decodes an H.264 clip (encoded here with
+PyAV) with Debian's python3-av 10 (the rootfs step installs it: no armv7l PyAV wheel) and sends
+its frames to that inferd. install.sh's own failure paths (altered bundle, broken wheel, failed
+check, rollback, a missing python3-av) are in test_install.py.
 """
 
 from __future__ import annotations
@@ -233,3 +236,70 @@ def test_metrics_count_the_frames_and_name_the_runtime_versions(daemon, armv7_re
     numpy_version, pyzmq_version = proc.stdout.split()
     assert build.labels["numpy"] == numpy_version and build.labels["pyzmq"] == pyzmq_version, build.labels
     assert build.labels["litert"] == "2.14.0" and build.labels["onnxruntime"] == "", build.labels
+
+
+# --- the capture and mqtt extras on armv7 ---------------------------------------------------------------
+EXTRAS_SCRIPT = """
+import json, av, paho.mqtt, paho.mqtt.client as mqtt, inferd.mqtt, inferd.capture.run
+print(json.dumps({"av": av.__version__, "av_at": av.__file__, "ffmpeg": av.library_versions["libavcodec"],
+                  "paho": paho.mqtt.__version__, "paho_at": paho.mqtt.__file__,
+                  "api": mqtt.CallbackAPIVersion.VERSION2.name}))
+"""
+
+
+def test_paho_mqtt_comes_from_the_bundle_and_pyav_from_debian(rootfs):
+    proc = chroot("/opt/inferd/bin/python", "-c", EXTRAS_SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    (ARTIFACTS / "extras.json").write_text(json.dumps(info, indent=2))
+    print("armv7 extras:", info)
+    assert info["paho"].startswith("2.") and info["api"] == "VERSION2"
+    assert (
+        "/site-packages/" in info["paho_at"] and "dist-packages" not in info["paho_at"]
+    )  # the bundle's wheel
+    assert info["av"].startswith("10.") and info["av_at"].startswith("/usr/lib/python3/dist-packages")
+
+
+CLIP_FRAMES = 12  # 4 red, 4 green, 4 blue
+
+
+def test_inferd_capture_sends_a_video_to_inferd_with_debian_pyav_10(rootfs, daemon, tmp_path):
+    """`inferd capture --url small.mp4` under qemu-arm, decoding with python3-av 10.0: every frame of
+    the clip, resized to the model's 64x64 in swscale, is answered by the armv7 inferd (router:
+    one reply per frame, so the count is exact) and counted under its source."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.capture.media import encode_video
+
+    clip = encode_video(tmp_path / "small.mp4", ["red", "green", "blue"], per_colour=4, fps=10)
+    folder = rootfs / "root/capture-test"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "small.mp4").write_bytes(clip.read_bytes())
+    t0 = time.monotonic()
+    try:
+        proc = chroot(
+            "/opt/inferd/bin/inferd", "--log-level", "info", "capture",
+            "--url", "/root/capture-test/small.mp4", "--to", daemon["router"], "--to-type", "router",
+            "--source", "armv7-capture",
+            "--model", "tflite", "--size", "64x64", "--pace", "asap", timeout=600,
+        )  # fmt: skip
+    finally:
+        (folder / "small.mp4").unlink()
+        folder.rmdir()
+    seconds = time.monotonic() - t0
+    (ARTIFACTS / "capture.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"stopped: {CLIP_FRAMES} frames decoded, {CLIP_FRAMES} sent" in proc.stderr, proc.stderr
+    with urllib.request.urlopen(daemon["metrics"], timeout=30) as r:
+        families = {m.name: m for m in text_string_to_metric_families(r.read().decode())}
+
+    def by_source(name: str) -> dict:
+        return {
+            s.labels.get("reason", ""): s.value
+            for s in families[name].samples
+            if s.name.endswith("_total") and s.labels.get("source") == "armv7-capture"
+        }
+
+    assert by_source("inferd_frames_received") == {"": CLIP_FRAMES}
+    assert by_source("inferd_frames_rejected") == {} and by_source("inferd_frames_dropped") == {}
+    (ARTIFACTS / "capture.json").write_text(json.dumps({"frames": CLIP_FRAMES, "seconds": round(seconds, 1)}))

@@ -7,9 +7,13 @@ copy of the root filesystem (build/DEB_ARCH/board) and runs in file order, each 
 the board the one before left:
 
 1. an altered bundle (a changed wheel, no SHA256SUMS, an unlisted file) is refused, nothing changed;
+   (armv7) so is a board without Debian's python3-av, which `inferd capture` needs, naming
+   `apt install python3-av` and `--no-capture`;
 2. the real bundle installs (armv7: over a plain /opt/inferd folder as install.sh of 0.1.0 left it,
-   which is kept as the previous version; aarch64: a clean board);
-3. an upgrade to a new version ("+next", the inferd wheel rewritten) keeps the old tree;
+   which is kept as the previous version; aarch64: a clean board), with paho-mqtt and PyAV, the
+   capture template unit and the example camera config, no capture instance enabled;
+3. an upgrade to a new version ("+next", the inferd wheel rewritten) with --no-capture keeps the
+   old tree (aarch64: no PyAV in the new one; armv7: installs on a board without python3-av);
 4. `install.sh --rollback` from the installed copy (no bundle) brings the old version back;
 5. a truncated inferd wheel (SHA256SUMS regenerated: it passes verification) fails in pip and
    leaves the running version as it was;
@@ -24,6 +28,7 @@ work. Artifacts (install.sh's output of each run) in build/artifacts-install-ARC
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -180,6 +185,7 @@ def board() -> Path:
     subprocess.run(["cp", "-a", "--reflink=auto", str(ROOTFS), str(BOARD)], check=True)
     for p in ("opt/inferd", "opt/inferd-releases", "opt/inferd-test", "opt/inferd-src",
               "usr/local/bin/inferd", "etc/inferd", "var/lib/inferd", "etc/systemd/system/inferd.service",
+              "etc/systemd/system/inferd-capture@.service",
               "etc/systemd/system/multi-user.target.wants/inferd.service"):  # fmt: skip
         target = BOARD / p
         if target.is_symlink() or target.is_file():
@@ -255,6 +261,40 @@ def test_an_altered_bundle_is_refused_before_anything_changes(board, bundle, nam
     assert state(board) == before
 
 
+# A board without python3-av: a stand-in dpkg-query (first on the chroot's PATH) that does not know
+# it and passes every other question to the real one.
+NO_PYTHON3_AV = """#!/bin/sh
+for last; do :; done
+if [ "$last" = python3-av ]; then echo "dpkg-query: no packages found matching python3-av" >&2; exit 1; fi
+exec /usr/bin/dpkg-query "$@"
+"""
+
+
+@contextlib.contextmanager
+def without_python3_av(board: Path):
+    fake = board / "usr/local/bin/dpkg-query"
+    fake.write_text(NO_PYTHON3_AV)
+    fake.chmod(0o755)
+    try:
+        yield
+    finally:
+        fake.unlink()
+
+
+def test_armv7_without_python3_av_is_refused_before_anything_changes(board):
+    """armv7: `inferd capture` decodes with Debian's python3-av; install.sh asks for it (and names
+    --no-capture) before touching anything. aarch64 deselects this (PyAV is a wheel there)."""
+    assert ARCH == "armv7"
+    with without_python3_av(board):
+        before = state(board)
+        proc = install("good", name="good-without-python3-av")
+        after = state(board)
+    assert proc.returncode == 1, proc.stdout
+    assert "missing Debian packages: python3-av" in proc.stdout and "apt install python3-av" in proc.stdout
+    assert "--no-capture" in proc.stdout and "Nothing was changed" in proc.stdout, proc.stdout
+    assert after == before
+
+
 def test_the_bundle_installs_beside_the_old_tree_and_switches_to_it(board):
     pre_release = (board / "opt/inferd").is_dir() and not (board / "opt/inferd").is_symlink()
     assert pre_release == (ARCH == "armv7")  # armv7: as install.sh of 0.1.0 left it
@@ -269,6 +309,11 @@ def test_the_bundle_installs_beside_the_old_tree_and_switches_to_it(board):
     assert (tree / "share/inferd/install.sh").exists()  # --rollback without the bundle
     assert (tree / "share/inferd/systemd/inferd.service").exists()
     assert (board / "etc/systemd/system/multi-user.target.wants/inferd.service").is_symlink()  # enabled
+    assert "capture: yes" in proc.stdout  # install.sh imported av and paho.mqtt.client from the tree
+    assert (tree / "share/inferd/systemd/inferd-capture@.service").exists()
+    assert (board / "etc/systemd/system/inferd-capture@.service").exists()  # the template unit
+    assert sorted(os.listdir(board / "etc/inferd/capture")) == ["example.yaml.sample"]
+    assert not list((board / "etc/systemd/system").glob("*.wants/inferd-capture@*"))  # nothing enabled
     assert_works(VERSION)
     if pre_release:  # the old folder is kept as the version to roll back to, and still complete
         assert previous(board) == f"{VERSION}-preinstall"
@@ -278,11 +323,22 @@ def test_the_bundle_installs_beside_the_old_tree_and_switches_to_it(board):
 
 
 def test_an_upgrade_keeps_the_previous_version_for_rollback(board):
+    """With --no-capture: aarch64 leaves PyAV's wheel out; armv7 no longer needs python3-av (this
+    board pretends not to have it)."""
     old = current(board)
-    proc = install("next")
+    with without_python3_av(board):
+        proc = install("next", "--no-capture")
     assert proc.returncode == 0, proc.stdout
+    assert "capture: no (--no-capture)" in proc.stdout
     assert current(board).startswith(f"inferd-releases/{VERSION}+next-")
     assert previous(board) == old.removeprefix("inferd-releases/")
+    site = (
+        board
+        / current(board).replace("inferd-releases", "opt/inferd-releases")
+        / "lib/python3.11/site-packages"
+    )
+    assert list(site.glob("paho_mqtt-*.dist-info")), "paho-mqtt is always installed"
+    assert list(site.glob("av-*.dist-info")) == []  # aarch64: not installed; armv7: never in the venv
     assert_works(f"{VERSION}+next")
     # Only the current and the previous tree are kept.
     assert releases(board) == sorted([current(board).split("/")[1], previous(board), "previous"])

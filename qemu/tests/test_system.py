@@ -10,12 +10,15 @@ upgrade and rollback paths are tested in ARM root filesystems by test_install.py
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import time
 
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, TEST_CONFIG, save_artifact
+from conftest import INSTALL, MODELS, TEST_CONFIG, save_artifact, version
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(1200)]
 
@@ -264,3 +267,231 @@ def test_a_hung_model_trips_the_watchdog_and_systemd_restarts_it(guest, service,
     finally:
         service.remove_dropin("watchdog.conf", restart=False)
         service.restore()
+
+
+# --- inferd capture and MQTT: the package's camera process and results to a broker --------------------
+# Last in the file: the capture instance streams for the rest of the session once started, and the
+# MQTT test restarts inferd on a config of its own (restored after).
+
+CAPTURE = "inferd-capture@demo"
+CLIP = "/var/lib/inferd/clips/demo.mp4"
+# To the pull endpoint the packaged default config has (and TEST_CONFIG keeps), as the unit's user
+# inferd; 64x64 (the example models' input) at 4 frames a second of a looped H.264 clip.
+CAPTURE_YAML = f"""url: {CLIP}
+to: ipc:///run/inferd/frames.sock
+source: demo
+model: tflite
+size: 64x64
+fps: 4
+loop: true
+metrics: 127.0.0.1:9465
+"""
+MQTT_SECTION = """mqtt:
+  broker: "mqtt://127.0.0.1:1883"
+  device_id: qemu
+  models:
+    tflite: {mode: every}
+"""
+
+
+def unit_show(guest, unit: str, *props: str) -> dict[str, str]:
+    out = guest.ssh(f"systemctl show {unit} -p {','.join(props)}").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def unit_journal(guest, unit: str, lines: int = 80, priority: str | None = None) -> str:
+    extra = f" -p {priority}" if priority else ""
+    return guest.ssh(f"journalctl -u {unit} --no-pager -q -o cat -n {lines}{extra}", check=False).stdout
+
+
+def wait_unit_active(guest, unit: str, timeout: float = 300) -> dict[str, str]:
+    """Until ActiveState=active; a Type=notify unit gets there only through READY=1."""
+    deadline, state = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        state = unit_show(
+            guest, unit, "ActiveState", "SubState", "MainPID", "StatusText", "NRestarts", "Result"
+        )
+        if state["ActiveState"] == "active":
+            return state
+        if state["ActiveState"] == "failed":
+            break
+        time.sleep(1)
+    raise AssertionError(f"{unit} not active: {state}\n--- journal ---\n{unit_journal(guest, unit)}")
+
+
+def guest_metrics(guest, port: int) -> dict:
+    """A metrics endpoint the guest does not forward (the capture's own), read inside the guest."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{port}/metrics"
+    script = f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"
+    text = guest.ssh(f"python3 -c {shlex.quote(script)}").stdout
+    return {m.name: m for m in text_string_to_metric_families(text)}
+
+
+def sample(families: dict, name: str, **labels) -> float | None:
+    """The value of family `name`'s `_total` (or plain) sample with these labels."""
+    family = families.get(name)
+    for s in family.samples if family else []:
+        if s.name in (name, f"{name}_total") and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    return None
+
+
+def test_the_package_ships_the_capture_unit_and_enables_no_instance(guest, installed):
+    """inferd-capture@.service and an example camera config come with the package; nothing runs
+    or is enabled until the admin enables an instance; the unit verifies in the guest."""
+    where = "/lib/systemd/system" if INSTALL == "deb" else "/etc/systemd/system"
+    assert guest.ssh(f"test -f '{where}/inferd-capture@.service'", check=False).returncode == 0
+    assert guest.ssh("ls /etc/inferd/capture").stdout.split() == ["example.yaml.sample"]
+    units = guest.ssh("systemctl list-units --all --plain --no-legend 'inferd-capture@*'").stdout
+    enabled = guest.ssh("find /etc/systemd/system -path '*.wants/inferd-capture@*'").stdout
+    assert units.strip() == "" and enabled.strip() == "", (units, enabled)
+    proc = guest.ssh(f"systemd-analyze verify {CAPTURE}.service 2>&1", check=False)
+    problems = [line for line in proc.stdout.splitlines() if "inferd-capture" in line]
+    assert proc.returncode == 0 and problems == [], proc.stdout
+    if INSTALL == "deb":  # a conffile (kept when edited), as /etc/inferd/inferd.yaml
+        conffiles = guest.ssh("dpkg-query -W -f='${Conffiles}' inferd").stdout
+        assert "/etc/inferd/capture/example.yaml.sample" in conffiles, conffiles
+    # The venv has PyAV (FFmpeg inside its wheel) and paho-mqtt, and the sample is a valid config.
+    script = (
+        "import json, av, paho.mqtt.client as mqtt; from pathlib import Path; "
+        "from inferd.capture.config import load_capture_config as load; "
+        "c = load(Path('/etc/inferd/capture/example.yaml.sample'), {}); "
+        "print(json.dumps({'av': av.__version__, 'ffmpeg': av.library_versions['libavcodec'], "
+        "'paho': mqtt.CallbackAPIVersion.VERSION2.name, 'url': c.url, 'to': c.to}))"
+    )
+    versions = json.loads(guest.ssh(f"/opt/inferd/bin/python -c {shlex.quote(script)}").stdout)
+    save_artifact("capture_versions.json", versions)
+    assert versions["to"] == "ipc:///run/inferd/frames.sock" and versions["paho"] == "VERSION2", versions
+
+
+@pytest.fixture(scope="module")
+def capture(guest, service, tmp_path_factory):
+    """inferd-capture@demo started for real on a short H.264 clip encoded here with PyAV."""
+    from tests.capture.media import encode_video
+
+    clip = encode_video(tmp_path_factory.mktemp("clip") / "demo.mp4", ["red", "green", "blue"], 10, fps=10)
+    guest.ssh(f"install -d -o inferd -g inferd -m 0750 {os.path.dirname(CLIP)}")
+    guest.put(clip, CLIP)
+    guest.ssh(f"chown inferd:inferd {CLIP} && chmod 0640 {CLIP}")
+    guest.write("/etc/inferd/capture/demo.yaml", CAPTURE_YAML)
+    t0 = time.monotonic()
+    # --no-block: TimeoutStartSec=infinity (a camera may take its time): the wait is ours, bounded.
+    guest.ssh(f"systemctl start --no-block {CAPTURE}")
+    state = wait_unit_active(guest, CAPTURE)
+    log_seconds = time.monotonic() - t0
+    save_artifact("capture_start.json", {"seconds_to_active": log_seconds, "state": state})
+    yield {"state": state, "seconds": log_seconds, "clip_bytes": clip.stat().st_size}
+    guest.ssh(f"systemctl stop {CAPTURE}", check=False, timeout=120)
+
+
+def test_a_capture_instance_streams_a_video_into_inferd_under_its_hardening(guest, capture, scrape):
+    """`systemctl start inferd-capture@demo`: active through READY=1 (sent after the first frame),
+    inferd counts the frames of source "demo", the unit's sandbox lets PyAV/FFmpeg run (seccomp,
+    NoNewPrivileges, MemoryDenyWriteExecute: no W+X mapping) and its journal is clean."""
+    state = unit_show(
+        guest, CAPTURE, "ActiveState", "SubState", "Type", "User", "StatusText", "MemoryDenyWriteExecute",
+        "NRestarts", "MainPID",
+    )  # fmt: skip
+    assert (state["ActiveState"], state["SubState"], state["Type"]) == ("active", "running", "notify"), state
+    assert state["User"] == "inferd" and state["MemoryDenyWriteExecute"] == "yes", state
+    assert state["StatusText"].startswith("streaming"), state
+    first = sample(scrape(), "inferd_frames_received", source="demo") or 0
+    time.sleep(6)
+    families = scrape()
+    received = sample(families, "inferd_frames_received", source="demo") or 0
+    assert first > 0 and received > first, (first, received)  # still flowing, at ~4 frames a second
+    assert not sample(families, "inferd_frames_rejected", source="demo"), "frames refused by inferd"
+    assert (sample(families, "inferd_inferences", model="tflite", status="ok") or 0) > 0
+    own = guest_metrics(guest, 9465)
+    sent, errors = sample(own, "inferd_capture_frames_sent"), sample(own, "inferd_capture_decode_errors")
+    assert sent and sent >= received - 1 and errors == 0, (sent, errors, received)
+    pid = int(state["MainPID"])
+    status = guest.ssh(f"grep -E '^(Seccomp|NoNewPrivs):' /proc/{pid}/status").stdout
+    assert "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status, status
+    maps = guest.ssh(f"cat /proc/{pid}/maps").stdout
+    assert "libavcodec" in maps, "FFmpeg (PyAV's libavcodec) is not loaded"
+    assert not [line for line in maps.splitlines() if line.split()[1].startswith("rwx")], "a W+X mapping"
+    journal = unit_journal(guest, CAPTURE, 200)
+    assert "first frame sent to ipc:///run/inferd/frames.sock" in journal, journal
+    warnings = unit_journal(guest, CAPTURE, 200, priority="warning")
+    assert state["NRestarts"] == "0" and warnings.strip() == "", warnings
+    save_artifact(
+        "capture.json",
+        {"start": capture, "received": received, "sent": sent, "journal": journal.splitlines()[-10:]},
+    )
+
+
+def test_results_of_captured_frames_reach_mqtt_with_a_retained_online_status(guest, service, capture, scrape):
+    """Debian's mosquitto in the guest (installed in the image, started here); inferd's mqtt section
+    added to the test config: the capture's frames come out as MQTT messages, and the availability
+    topic holds a retained `online`. The capture instance rides through inferd's restart."""
+    guest.ssh("systemctl start mosquitto")
+    t0 = time.monotonic()
+    try:
+        service.write_config(TEST_CONFIG + MQTT_SECTION)
+        service.restart()
+        # Connected first: a retained message is flagged retained only for a later subscriber.
+        deadline = time.monotonic() + 60
+        while sample(scrape(), "inferd_mqtt_connected") != 1:
+            assert time.monotonic() < deadline, service.journal(30)
+            time.sleep(1)
+        status = guest.ssh(
+            "mosquitto_sub -h 127.0.0.1 -t inferd/qemu/status --retained-only -C 1 -W 60 -F '%r %p'",
+            timeout=90,
+        ).stdout.strip()
+        assert status == "1 online", status  # retain flag 1, payload online
+        out = guest.ssh(
+            "mosquitto_sub -h 127.0.0.1 -t inferd/qemu/tflite/demo -C 3 -W 120", timeout=150
+        ).stdout
+        messages = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert len(messages) == 3, out
+        for m in messages:
+            assert (m["model"], m["source"]) == ("tflite", "demo"), m
+            assert m["outputs"][0]["shape"] == [1, 10] and m["latency_ms"] > 0, m
+        assert [m["seq"] for m in messages] == sorted(m["seq"] for m in messages), messages
+        families = scrape()
+        assert sample(families, "inferd_mqtt_connected") == 1
+        assert (sample(families, "inferd_mqtt_messages", result="sent") or 0) >= 3
+        capture_state = unit_show(guest, CAPTURE, "ActiveState", "NRestarts")
+        assert capture_state == {"ActiveState": "active", "NRestarts": "0"}, capture_state
+        save_artifact("mqtt.json", {"seconds": time.monotonic() - t0, "status": status, "messages": messages})
+    finally:
+        service.restore()
+        guest.ssh("systemctl stop mosquitto", check=False)
+
+
+def test_a_package_upgrade_restarts_the_running_capture_instance(guest, service, capture):
+    """The .deb's postinst as dpkg runs it on an upgrade (`configure OLD_VERSION`): inferd restarted,
+    the running inferd-capture@ instance restarted too (a new process on the new code, active again
+    through READY=1), and still no instance enabled."""
+    if INSTALL != "deb":
+        pytest.skip("the .deb's maintainer scripts (install.sh restarts running captures likewise)")
+    before = unit_show(guest, CAPTURE, "MainPID", "ActiveState")
+    assert before["ActiveState"] == "active", before
+    t0 = time.monotonic()
+    out = guest.ssh(f"/var/lib/dpkg/info/inferd.postinst configure {version()} 2>&1", timeout=400).stdout
+    state = wait_unit_active(guest, CAPTURE)
+    assert state["MainPID"] != before["MainPID"], (before, state, out)
+    service.wait_active()
+    enabled = guest.ssh("find /etc/systemd/system -path '*.wants/inferd-capture@*'").stdout
+    assert enabled.strip() == "", enabled
+    save_artifact(
+        "capture_upgrade.json", {"seconds": time.monotonic() - t0, "before": before, "after": state}
+    )
+
+
+def test_removing_the_package_stops_the_capture_instance_cleanly(guest, capture):
+    """The .deb's prerm on `remove` stops every inferd-capture@ instance, then inferd. SIGTERM: the
+    capture stops reading, logs its totals and exits 0 (no restart, no failure). With the bundle:
+    `systemctl stop`."""
+    deb = INSTALL == "deb"
+    cmd = "/var/lib/dpkg/info/inferd.prerm remove" if deb else f"systemctl stop {CAPTURE}"
+    proc = guest.ssh(f"{cmd} 2>&1", check=False, timeout=120)
+    state = unit_show(guest, CAPTURE, "ActiveState", "Result", "ExecMainStatus")
+    clean = {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    assert proc.returncode == 0 and state == clean, (proc.stdout, state, unit_journal(guest, CAPTURE, 20))
+    assert "stopped:" in unit_journal(guest, CAPTURE, 20)
+    if deb:
+        assert unit_show(guest, "inferd", "ActiveState")["ActiveState"] == "inactive"
