@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +68,7 @@ class CaptureConfig(Strict):
             return int(m.group(1)), int(m.group(2))
         return v
 
-    @property
+    @cached_property
     def kind(self) -> str:
         """device, stream, folder or file."""
         if self.url.startswith("/dev/video"):

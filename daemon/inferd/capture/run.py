@@ -2,9 +2,11 @@
 
 Decoding never waits for the network: the decoder leaves each frame in a one-frame slot and the
 sender takes the newest, so a slow link drops stale frames at the source (counted as `stale`)
-instead of building a queue of old ones. Files and folders paced `asap` hand over every frame
-(the sender waits for inferd, the decoder waits for the sender). Live sources that fail or stall
-are reopened with exponential backoff, forever, with one log line per state change.
+instead of building a queue of old ones. Files and folders paced `asap` have no stale frames and
+nothing to gain from a second thread (the decoder would only wait for the sender, and the hand-
+over per frame halved the rate, benchmarks/capture.py): the decoding thread sends them itself.
+Live sources that fail or stall are reopened with exponential backoff, forever, with one log line
+per state change.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ class Capture:
         self.metrics = metrics or CaptureMetrics()
         self.stop = threading.Event()  # SIGTERM/SIGINT: stop now
         self.decoded_all = threading.Event()  # a file or folder came to its end
+        self.inline = not cfg.live and cfg.pace == "asap"  # send on the decoding thread
         self.slot = Slot(latest=cfg.live or cfg.pace == "realtime")
+        self.seq = 0
         self.notifier = Notifier()
         self.sent_any = False
         self.last_sent = 0.0
@@ -135,7 +139,9 @@ class Capture:
             t0 = time.perf_counter()
             frame = self._shape(rgb)
             self.metrics.decode_seconds.observe(time.perf_counter() - t0)
-            if not self.slot.put((frame, wall)):
+            if self.inline:
+                self._deliver(frame, wall)
+            elif not self.slot.put((frame, wall)):
                 self.metrics.dropped.labels("stale").inc()
         return got
 
@@ -167,11 +173,16 @@ class Capture:
 
     # ---- sending -----------------------------------------------------------------------------
 
-    def send_loop(self) -> None:
+    def _connect(self) -> None:
         cfg = self.cfg
-        seq = 0
-        client = InferClient(cfg.to, source=cfg.source) if cfg.to_type == "router" else None
-        publisher = FramePublisher(cfg.to, source=cfg.source) if client is None else None
+        self.client = InferClient(cfg.to, source=cfg.source) if cfg.to_type == "router" else None
+        self.publisher = FramePublisher(cfg.to, source=cfg.source) if self.client is None else None
+
+    def _disconnect(self) -> None:
+        (self.client or self.publisher).close()
+
+    def send_loop(self) -> None:
+        """The sender thread (live and realtime sources): the newest frame in the slot, sent."""
         try:
             while True:
                 item = self.slot.take(0.2)
@@ -179,16 +190,18 @@ class Capture:
                     if self.decoded_all.is_set() or self.stop.is_set():
                         break
                     continue
-                frame, wall = item
-                self._send(client, publisher, frame, seq, wall)
-                seq += 1
-                self.last_sent = time.monotonic()
-                if not self.sent_any:
-                    self.sent_any = True
-                    self.notifier.ready(f"streaming {redact(cfg.url)} to {cfg.to}")
-                    log.info("first frame sent to %s", cfg.to)
+                self._deliver(*item)
         finally:
-            (client or publisher).close()
+            self._disconnect()
+
+    def _deliver(self, frame, wall: float) -> None:
+        self._send(self.client, self.publisher, frame, self.seq, wall)
+        self.seq += 1
+        self.last_sent = time.monotonic()
+        if not self.sent_any:
+            self.sent_any = True
+            self.notifier.ready(f"streaming {redact(self.cfg.url)} to {self.cfg.to}")
+            log.info("first frame sent to %s", self.cfg.to)
 
     def _send(self, client, publisher, frame, seq: int, wall: float) -> None:
         if publisher is not None:
@@ -219,8 +232,10 @@ class Capture:
             lambda: time.monotonic() - self.last_sent if self.last_sent else float("nan")
         )
         self.metrics.serve(self.cfg.metrics)
+        self._connect()
         sender = threading.Thread(target=self.send_loop, name="send", daemon=True)
-        sender.start()
+        if not self.inline:
+            sender.start()
         interval = watchdog_interval()
         if interval:
             pinger = threading.Thread(
@@ -234,7 +249,10 @@ class Capture:
         finally:
             self.stop.set()
             self.slot.close()
-            sender.join(10)
+            if sender.ident is not None:
+                sender.join(10)
+            else:
+                self._disconnect()
             self.notifier.stopping()
         log.info(
             "stopped: %d frames decoded, %d sent",
