@@ -145,3 +145,14 @@ def test_instances_share_an_onnx_session_and_get_their_own_tflite_interpreters(t
     np.testing.assert_array_equal(a, b)
     for m in [onnx_models[0], *tflite_models]:
         m.close()
+
+
+def test_labels_from_an_exports_metadata_only_when_they_are_plain_class_names():
+    from inferd.models import metadata_labels
+
+    assert metadata_labels({"names": "{0: 'person', 1: 'car'}"}) == ["person", "car"]  # Ultralytics
+    assert metadata_labels({"names": "['a', 'b']"}) == ["a", "b"]
+    # a broken or hostile file: no labels, and no list of 10**9 entries built from one key
+    for text in ("{1000000000: 'x'}", "{0: 'a', 2: 'c'}", "{-1: 'a'}", "__import__('os')", "{0:", ""):
+        assert metadata_labels({"names": text}) is None, text
+    assert metadata_labels({}) is None

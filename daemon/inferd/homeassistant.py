@@ -152,7 +152,6 @@ class Discovery:
     def remove(self, models: set[str]) -> None:
         """Entities of models a reload removed: an empty retained config deletes them in HA."""
         with self._lock:
-            self.models -= models
             self._seen = {key for key in self._seen if key[0] not in models}
             for model in models:
                 for topic in self.announced.pop(model, {}):

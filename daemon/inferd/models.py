@@ -301,8 +301,8 @@ def metadata_labels(metadata: dict[str, str]) -> list[str] | None:
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         log.debug("model metadata 'names' is not a literal: %.80s", text)
         return None
-    if isinstance(names, dict) and names and all(isinstance(k, int) for k in names):
-        return [str(names.get(i, i)) for i in range(max(names) + 1)]
+    if isinstance(names, dict) and names and sorted(names) == list(range(len(names))):
+        return [str(names[i]) for i in range(len(names))]  # ids 0..N-1, as Ultralytics writes them
     if isinstance(names, list):
         return [str(n) for n in names]
     return None

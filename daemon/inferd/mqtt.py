@@ -195,8 +195,8 @@ class MqttSink:
         return out
 
     def start(self) -> None:
-        # the gauge reads the sink started last: a reload starts the new sink before it stops the
-        # old one, whose callbacks would otherwise overwrite the new one's state
+        # the gauge reads the sink started last (a reload stops the old one first; after a reload
+        # that drops `mqtt:`, the stopped sink reads 0)
         self.metrics.mqtt_connected.set_function(lambda: 1.0 if self.connected else 0.0)
         host, port, _ = self.cfg.host_port
         self.client.connect_async(host, port, keepalive=self.cfg.keepalive_s)

@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+from typing import Any
 
 import zmq
 
@@ -64,7 +65,7 @@ class Endpoint:
         self.closed = False
         self.wake = wake  # wakes the IO thread (a reply's send saw a new request arrive)
         self.io_thread: int | None = None  # the IO thread's ident: it reads on anyway, no wake needed
-        self.fd = sock.getsockopt(zmq.FD)
+        self.watch = sock.getsockopt(zmq.FD) if self.replies else sock  # what the IO thread polls
 
     def reply(self, parts: list) -> None:
         """Send a reply to a peer (any thread). A peer that went away is not an error."""
@@ -105,7 +106,8 @@ class Endpoint:
 
     def reopen(self, sock: zmq.Socket) -> None:
         with self.lock:
-            self.sock, self.fd, self.closed = sock, sock.getsockopt(zmq.FD), False
+            self.sock, self.closed = sock, False
+            self.watch = sock.getsockopt(zmq.FD) if self.replies else sock
 
 
 class Transport:
@@ -300,7 +302,7 @@ class Transport:
             ep.io_thread = self._io_thread
         poller = zmq.Poller()
         poller.register(self.outbox, zmq.POLLIN)
-        polled: dict[int, tuple] = {}  # endpoint id -> what is registered (a socket, or its FD)
+        polled: dict[int, Any] = {}  # endpoint id -> what is registered (its FD, or its socket)
         last_sweep = time.monotonic()
         more: set[int] = set()  # endpoints to read without waiting for their FD (see _due)
         while not self.stopped.is_set():
@@ -309,14 +311,14 @@ class Transport:
                 self._calls.get()()
             # endpoints with a frame waiting for room in a fifo queue are not read (backpressure);
             # while stopping every endpoint is read, and what arrives is answered `shutdown`
-            want = {i: self._pollable(e) for i, e in self.endpoints.items() if i not in self._pending}
+            want = {i: e.watch for i, e in self.endpoints.items() if i not in self._pending}
             for i, item in polled.items():
-                if want.get(i) != item:
+                if want.get(i) != item:  # an FD (int) or a socket
                     with contextlib.suppress(KeyError, zmq.ZMQError):
-                        poller.unregister(item[0])
+                        poller.unregister(item)
             for i, item in want.items():
                 if polled.get(i) != item:
-                    poller.register(item[0], zmq.POLLIN)
+                    poller.register(item, zmq.POLLIN)
             polled = want
             events = dict(poller.poll(0 if more else 5 if self._pending else 50))
             # nothing for 50 ms: every endpoint is read anyway (a safety net; costs ~5 us each)
@@ -324,7 +326,7 @@ class Transport:
             if self.outbox in events:
                 due |= self._forward()
             more = set()
-            for i, (item, _) in polled.items():
+            for i, item in polled.items():
                 # a ROUTER's FD is edge-triggered: it is read when its FD fires, when a worker's
                 # reply took the FD's signal (the worker wakes us with its id), and until a read
                 # found nothing after its budget ran out or a held-back frame was let in
@@ -342,17 +344,12 @@ class Transport:
         self.replies.release()
         self._flush_outbox()
 
-    @staticmethod
-    def _pollable(ep: Endpoint) -> tuple:
-        """What the poller watches: a router-like endpoint's FD, any other endpoint's socket."""
-        return (ep.fd, ep.sock) if ep.replies else (ep.sock, ep.sock)
-
     def _answer_late(self, quiet: float = 0.05, limit: float = 1.0) -> None:
         """At stop: answer (`shutdown`) what reached the sockets since they were last read, until
         they stay quiet for `quiet` s, so no request that reached inferd goes unanswered."""
         poller = zmq.Poller()
         for e in self.endpoints.values():
-            poller.register(self._pollable(e)[0], zmq.POLLIN)
+            poller.register(e.watch, zmq.POLLIN)
         end = time.monotonic() + limit
         for e in list(self.endpoints.values()):
             self._receive(e)

@@ -118,6 +118,14 @@ def test_a_v4l2_camera_is_asked_for_the_configured_size_rate_and_format():
     assert open_options(cfg) == (None, {"rtsp_transport": "tcp"})
 
 
+def test_frame_memory_stays_on_the_heap_on_glibc():
+    """mallopt accepted (benchmarks/capture.py measured page faults per frame without it); 16 MB
+    is within glibc's ceiling even on 32-bit boards."""
+    from inferd.capture.command import keep_frame_memory
+
+    assert keep_frame_memory() is True
+
+
 def test_colours_are_what_the_model_says():
     for name, rgb in COLOURS.items():
         assert int(np.argmax(rgb)) == ["red", "green", "blue"].index(name)

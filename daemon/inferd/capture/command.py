@@ -41,15 +41,10 @@ def keep_frame_memory(trim_bytes: int = 32 << 20, mmap_bytes: int = 16 << 20) ->
     a quarter of the rate (benchmarks/capture.py). 16 MB covers a 1080p RGB frame (6.2 MB) and is
     glibc's ceiling on 32-bit boards. Elsewhere (musl) nothing is done."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):
-        return False
-    if mallopt is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, mmap_bytes)) and bool(mallopt(m_trim_threshold, trim_bytes))

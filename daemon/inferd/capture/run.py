@@ -69,6 +69,8 @@ class Capture:
         self.inline = not cfg.live and cfg.pace == "asap"  # send on the decoding thread
         self.slot = Slot(latest=cfg.live or cfg.pace == "realtime")
         self.seq = 0
+        self.client: InferClient | None = None  # to a router endpoint (made in run)
+        self.publisher: FramePublisher | None = None  # to a pull endpoint (made in run)
         self.notifier = Notifier()
         self.sent_any = False
         self.last_sent = 0.0
