@@ -33,8 +33,11 @@ def bare_server(path: str, address: str, threads: int, ready) -> None:
     """A REP server as Frigate's detector servers are written: no queue, no thread hand-over."""
     import onnxruntime as ort
 
+    from inferd.backends.onnx import EXACT_INT8
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry(*EXACT_INT8)  # the same kernels as inferd on any x86
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     sock = zmq.Context().socket(zmq.REP)

@@ -30,3 +30,20 @@ def write_config(tmp_path: Path):
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def bare_session(path, threads: int | None = None, **options):
+    """A bare onnxruntime session set up as inferd sets up its own: the CPU provider and the exact
+    int8 kernels on x86 without VNNI (backends/onnx.py EXACT_INT8), so that "equals the bare
+    runtime" compares the same arithmetic on any machine."""
+    import onnxruntime as ort
+
+    from inferd.backends.onnx import EXACT_INT8
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    for key, value in options.items():
+        setattr(opts, key, value)
+    opts.add_session_config_entry(*EXACT_INT8)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

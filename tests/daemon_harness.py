@@ -104,6 +104,20 @@ class DaemonProcess:
     def metric(self, name: str, **labels) -> float:
         return self.scrape().get((name, tuple(sorted(labels.items()))), 0.0)
 
+    def total(self, name: str, **labels) -> float:
+        """The sum of a metric's samples whose labels include `labels`."""
+        want = set(labels.items())
+        return sum(v for (n, lab), v in self.scrape().items() if n == name and want <= set(lab))
+
+    def wait_metric(self, name: str, at_least: float, timeout: float = 30.0, **labels) -> float:
+        """Until the metric (summed as in `total`) reaches `at_least`; fails with what it reached."""
+        end = time.monotonic() + timeout
+        while (got := self.total(name, **labels)) < at_least:
+            if time.monotonic() > end:
+                raise AssertionError(f"{name}{labels} reached {got}, not {at_least}, in {timeout} s")
+            time.sleep(0.02)
+        return got
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -3,14 +3,13 @@
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import zmq
 
 from inferd.config import parse_config
 from inferd.errors import ModelLoadError
 from inferd.models import load_model
-from tests.conftest import MODELS
+from tests.conftest import MODELS, bare_session
 from tests.daemon_harness import DaemonProcess, raw_header
 
 CONFIG = """
@@ -31,7 +30,7 @@ sources:
 def test_batched_results_equal_single_frame_results(tmp_path):
     rng = np.random.default_rng(3)
     frames = [rng.standard_normal((1, 3, 64, 64)).astype(np.float32) for _ in range(24)]
-    sess = ort.InferenceSession(str(MODELS / "classifier_int8.onnx"), providers=["CPUExecutionProvider"])
+    sess = bare_session(str(MODELS / "classifier_int8.onnx"))
     expected = [sess.run(None, {"input": f})[0] for f in frames]
     d = DaemonProcess(tmp_path, CONFIG)
     try:

@@ -7,7 +7,6 @@ import threading
 import time
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +15,7 @@ from PIL import Image
 
 from inferd.client import FramePublisher, InferClient, ResultSubscriber
 from inferd.errors import RequestError, RequestTimeout
-from tests.conftest import MODELS
+from tests.conftest import MODELS, bare_session
 from tests.daemon_harness import DaemonProcess, raw_header
 
 CONFIG = """
@@ -65,7 +64,7 @@ def daemon(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_session():
-    return ort.InferenceSession(str(MODELS / "classifier_int8.onnx"), providers=["CPUExecutionProvider"])
+    return bare_session(str(MODELS / "classifier_int8.onnx"))
 
 
 def subscriber(daemon, topic=""):
@@ -329,15 +328,9 @@ def test_send_command_prints_results(daemon, tmp_path):
     )
 
 
-def wait_received(d: DaemonProcess, n: int, timeout: float = 20.0) -> None:
+def wait_received(d: DaemonProcess, n: int, timeout: float = 30.0) -> None:
     """Until inferd has read `n` frames off its sockets (they are accepted: each is owed an answer)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = sum(v for (name, _), v in d.scrape().items() if name == "inferd_frames_received_total")
-        if got >= n:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"inferd received {got} of {n} frames")
+    d.wait_metric("inferd_frames_received_total", n, timeout)
 
 
 def collect_replies(sockets, n: int, timeout: float = 20.0) -> dict:
@@ -377,7 +370,7 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path):
 
 def test_requests_arriving_while_draining_are_answered_shutdown(tmp_path):
     """A stopping inferd still reads its sockets: what arrives then is answered at once, not lost."""
-    from tests.slow_model import build_slow_model, rows
+    from tests.slow_model import Busy, build_slow_model
 
     slow = build_slow_model(tmp_path / "slowmo.onnx")
     d = DaemonProcess(
@@ -390,23 +383,29 @@ endpoints:
   - {{type: router, bind: "{{router}}"}}
 metrics:
   listen: "{{metrics}}"
-service: {{drain_timeout_s: 30}}
+service: {{drain_timeout_s: 120}}
 """,
     )
     busy = d.socket(zmq.DEALER, d.router)
-    work = rows(400)  # over a second of inference: the drain lasts at least that long
+    work = Busy(slow).frame(8.0)  # ~8 s of inference on this machine: the drain lasts that long
     busy.send_multipart([b"", raw_header(work, model="slowmo", source="busy", id="work"), work])
     wait_received(d, 1)
     d.proc.send_signal(signal.SIGTERM)
-    end = time.monotonic() + 10
-    while "stopping" not in d.logs() and time.monotonic() < end:
+    end = time.monotonic() + 30
+    while "stopping" not in d.logs():
+        assert time.monotonic() < end, f"no 'stopping' 30 s after SIGTERM:\n{d.logs()}"
         time.sleep(0.005)
-    time.sleep(0.2)  # well inside the drain, past the IO loop's last read of a running daemon
+    # inferd stops accepting before it logs "stopping": from here on, what arrives is refused
     late = d.socket(zmq.DEALER, d.router)
     for j in range(5):
         late.send_multipart([b"", raw_header(TENSOR, model="raw", source="late", id=f"late{j}"), TENSOR])
-    assert collect_replies([late], 5) == {f"late{j}": "shutdown" for j in range(5)}, d.logs()
-    assert collect_replies([busy], 1, timeout=30) == {"work": "ok"}
+    replies = collect_replies([late], 5, timeout=30)
+    # the precondition: the drain was still going on (the slow work unanswered) when those came back
+    assert not busy.poll(0) and d.proc.poll() is None, (
+        f"precondition not met: the drain ended before the late requests were answered\n{d.logs()}"
+    )
+    assert replies == {f"late{j}": "shutdown" for j in range(5)}, d.logs()
+    assert collect_replies([busy], 1, timeout=120) == {"work": "ok"}
     assert d.proc.wait(30) == 0
     d.stop()
 

@@ -18,6 +18,8 @@ from ai_edge_litert import schema_py_generated as tfl
 from ai_edge_litert.interpreter import Interpreter
 from onnx import numpy_helper
 
+from tests.conftest import bare_session
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "examples" / "models"
 LEGACY_PYTHON = ROOT / ".venv-legacy" / "bin" / "python"
@@ -43,9 +45,7 @@ def reference(images) -> np.ndarray:
 
 
 def session(name: str) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(MODELS / name), opts, providers=["CPUExecutionProvider"])
+    return bare_session(MODELS / name, threads=1)
 
 
 def run_onnx(name: str, batch: np.ndarray) -> np.ndarray:
@@ -219,7 +219,7 @@ def test_uint8_nhwc_onnx_takes_raw_frames(tmp_path, images, reference):
     assert_agree(run_onnx("classifier_uint8_nhwc.onnx", images), reference)
     # before quantization, the in-graph preprocessing + network equal normalize_nchw + the float model
     mm.build_float(tmp_path / "u8.onnx", uint8_nhwc=True)
-    s = ort.InferenceSession(str(tmp_path / "u8.onnx"), providers=["CPUExecutionProvider"])
+    s = bare_session(str(tmp_path / "u8.onnx"))
     np.testing.assert_allclose(s.run(None, {"input": images})[0], reference, rtol=1e-4, atol=1e-4)
 
 
@@ -252,9 +252,7 @@ def test_other_quantizations_build_and_agree(tmp_path, images, reference, varian
         mm.quantize_dynamic(float_path, out)
     else:
         mm.quantize_qdq(float_path, out, per_channel=False)
-    (logits,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
-        None, {"input": mm.normalize_nchw(images)}
-    )
+    (logits,) = bare_session(str(out)).run(None, {"input": mm.normalize_nchw(images)})
     assert_agree(logits, reference, min_cosine=0.98)
 
 

@@ -23,6 +23,9 @@ from inferd.errors import RequestError, RequestTimeout
 from inferd.protocol import CONTROL, HELLO, VERSION, decode_tensors, encode_header
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+# a request this large that gets no answer may have hit libzmq's hard limit on the daemon's side
+# (4x max_message_bytes: transport.HARD_LIMIT_FACTOR), which closes the connection unanswered
+HARD_LIMIT_HINT_BYTES = 4_000_000
 Key = str | bytes | Path
 
 
@@ -223,6 +226,13 @@ class InferClient:
             if self.curve
             else ""
         )
+        size = sum(len(memoryview(p)) for p in msg)
+        if size > HARD_LIMIT_HINT_BYTES:
+            hint += (
+                f" (the request was {size / 1e6:.1f} MB: if that is over 4x the endpoint's"
+                " max_message_bytes, 64 MiB by default, ZeroMQ cuts the connection before inferd"
+                " can read or answer it)"
+            )
         raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.3g} s{hint}")
 
     def close(self) -> None:

@@ -374,10 +374,10 @@ class Daemon:
         if drain_timeout is None:
             drain_timeout = self.config.service.drain_timeout_s
         self.ready.clear()
+        if self.transport is not None:  # first: once "stopping" is said, what arrives is refused
+            self.transport.stop_accepting()
         self.notifier.stopping(f"stopping: draining queues (up to {drain_timeout:g} s)")
         log.info("stopping: draining queues (up to %.1f s)", drain_timeout)
-        if self.transport is not None:
-            self.transport.stop_accepting()
         for q in self.queues.values():
             q.close()
         deadline = time.monotonic() + drain_timeout

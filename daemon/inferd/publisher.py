@@ -11,8 +11,6 @@ Topics starting with `!` are control messages: no model name can start with one.
 from __future__ import annotations
 
 import logging
-import os
-import stat
 import threading
 
 import zmq
@@ -61,16 +59,3 @@ def answer_hellos(pub: zmq.Socket | None, lock: threading.Lock, budget: int = 64
                 except zmq.Again:
                     pass  # that subscriber is full: it asks again or times out
     return answered
-
-
-def unlink_ipc(address: str | None) -> None:
-    """Remove the socket file of an ipc:// address we bound (libzmq leaves it when the process exits
-    before its I/O thread has torn the listener down)."""
-    if not address or not address.startswith("ipc://") or address.startswith("ipc://@"):
-        return
-    path = address[len("ipc://") :]
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except OSError:
-        pass

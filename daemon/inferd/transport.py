@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -25,9 +24,10 @@ import zmq
 from inferd.config import Config, EndpointConfig, ResultsConfig
 from inferd.errors import FrameError
 from inferd.frigate import FrigateRequests, error_reply
+from inferd.ipc import prepare_ipc, unlink_ipc
 from inferd.pipeline import Frame
 from inferd.protocol import decode_header, decode_payload
-from inferd.publisher import answer_hellos, bind_results, unlink_ipc
+from inferd.publisher import answer_hellos, bind_results
 from inferd.replies import OUTBOX, Replies
 from inferd.security import load_secret, secure_ipc
 
@@ -39,15 +39,21 @@ _MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
-def ensure_ipc_dir(address: str) -> None:
-    """ipc:// sockets need their folder; create it (under systemd, RuntimeDirectory= does)."""
-    if address.startswith("ipc://") and not address.startswith("ipc://@"):
-        folder = os.path.dirname(address[len("ipc://") :])
-        if folder and not os.path.isdir(folder):
-            try:
-                os.makedirs(folder, mode=0o750, exist_ok=True)
-            except OSError as e:
-                raise OSError(f"cannot create the folder of {address}: {e.strerror}") from None
+# libzmq's own limit (ZMQ_MAXMSGSIZE, per part) is this many times an endpoint's
+# max_message_bytes: a message over it is cut off by libzmq, which closes the sender's connection
+# and tells nobody; one between the two limits is read whole, answered `too_large` and counted. The
+# mistakes that make a frame too large (float32 for uint8, 4K for 1080p) are 4x or less.
+HARD_LIMIT_FACTOR = 4
+
+
+def check_size(parts: list[zmq.Frame], cfg: EndpointConfig) -> None:
+    """FrameError `too_large` for a message over the endpoint's max_message_bytes."""
+    total = sum(len(p) for p in parts)
+    if total > cfg.max_message_bytes:
+        raise FrameError(
+            "too_large",
+            f"message is {total} bytes, the limit is {cfg.max_message_bytes} (endpoints[].max_message_bytes)",
+        )
 
 
 class Endpoint:
@@ -172,7 +178,7 @@ class Transport:
             (lambda s: self._secure(s, res, "results")) if res.curve or res.allow_ips is not None else None
         )
         try:
-            ensure_ipc_dir(res.bind)
+            prepare_ipc(res.bind)
             pub = bind_results(self.ctx, res.bind, res.sndhwm, secure)
             ipc = self.config.security.ipc
             secure_ipc(res.bind, ipc.mode, ipc.group)
@@ -183,7 +189,7 @@ class Transport:
     def _socket(self, ep: EndpointConfig, eid: int = 0) -> zmq.Socket:
         kind = {"pull": zmq.PULL, "sub": zmq.SUB, "router": zmq.ROUTER, "frigate": zmq.ROUTER}[ep.type]
         sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.MAXMSGSIZE, ep.max_message_bytes)
+        sock.setsockopt(zmq.MAXMSGSIZE, ep.max_message_bytes * HARD_LIMIT_FACTOR)
         sock.setsockopt(zmq.RCVHWM, ep.rcvhwm)
         sock.setsockopt(zmq.LINGER, 0)
         if ep.type in ("router", "frigate"):
@@ -196,7 +202,7 @@ class Transport:
                 sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
         try:
             if ep.bind:
-                ensure_ipc_dir(ep.bind)
+                prepare_ipc(ep.bind)
                 sock.bind(ep.bind)
                 ipc = self.config.security.ipc
                 secure_ipc(ep.bind, ipc.mode, ipc.group)
@@ -410,11 +416,7 @@ class Transport:
                     "parts",
                     f"header describes {len(header.parts)} payload part(s), message has {len(payloads)}",
                 )
-            total = sum(len(p) for p in parts)
-            if total > cfg.max_message_bytes:
-                raise FrameError(
-                    "too_large", f"message is {total} bytes, the limit is {cfg.max_message_bytes}"
-                )
+            check_size(parts, cfg)
             frame.payloads = [p.buffer for p in payloads]
             if all(spec.encoding == "raw" for spec in header.parts):
                 frame.arrays = [
@@ -438,6 +440,7 @@ class Transport:
         reply_to, source = (ep, envelope), ep.cfg.source
         self._count_received(source)
         try:
+            check_size(parts, ep.cfg)
             header, image = ep.frigate.parse(parts)
         except FrameError as e:
             self.replies.reject_raw(reply_to, source, e.reason, str(e), error_reply(e.reason, str(e)))

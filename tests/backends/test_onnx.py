@@ -4,12 +4,11 @@ from pathlib import Path
 
 import make_models as mm
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from inferd.config import parse_config
 from inferd.models import load_model
-from tests.conftest import MODELS, cosine
+from tests.conftest import MODELS, bare_session, cosine
 
 IMAGENET = "{scale: 1/255, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}"
 
@@ -21,7 +20,7 @@ def load(path: Path, extra: str = "", name: str = "m"):
 
 
 def bare(path: Path, x: np.ndarray) -> list[np.ndarray]:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = bare_session(str(path))
     return sess.run(None, {sess.get_inputs()[0].name: x})
 
 

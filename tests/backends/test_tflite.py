@@ -4,13 +4,12 @@ from pathlib import Path
 
 import make_models as mm
 import numpy as np
-import onnxruntime as ort
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from inferd.config import parse_config
 from inferd.models import load_model
-from tests.conftest import MODELS, cosine
+from tests.conftest import MODELS, bare_session, cosine
 
 TFLITE = MODELS / "classifier_int8.tflite"
 IMAGENET = "{scale: 1/255, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}"
@@ -77,7 +76,7 @@ def test_float_input_is_quantized_with_the_input_scale(frames):
 
 def test_close_to_the_float_onnx_model(frames):
     model = load(f", preprocess: {IMAGENET}")
-    sess = ort.InferenceSession(str(MODELS / "classifier_float.onnx"), providers=["CPUExecutionProvider"])
+    sess = bare_session(str(MODELS / "classifier_float.onnx"))
     for f in frames:
         (ours,) = model.predict([f])[0]
         (ref,) = sess.run(None, {"input": mm.normalize_nchw(f[None])})

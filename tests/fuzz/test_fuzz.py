@@ -8,7 +8,6 @@ every batch.
 import os
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 from inferd.config import parse_config
 from inferd.errors import ConfigError, FrameError
 from inferd.protocol import decode_header, decode_payload
-from tests.conftest import MODELS
+from tests.conftest import MODELS, bare_session
 from tests.daemon_harness import DaemonProcess, raw_header
 from tests.fuzz.strategies import config_docs, messages
 
@@ -85,9 +84,7 @@ def rss_kb(pid: int) -> int:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     d = DaemonProcess(tmp_path_factory.mktemp("fuzz"), CONFIG)
-    expected = ort.InferenceSession(
-        str(MODELS / "classifier_int8.onnx"), providers=["CPUExecutionProvider"]
-    ).run(None, {"input": TENSOR})[0]
+    expected = bare_session(str(MODELS / "classifier_int8.onnx")).run(None, {"input": TENSOR})[0]
     ctx = zmq.Context()
     socks = {
         "push": ctx.socket(zmq.PUSH), "dealer": ctx.socket(zmq.DEALER), "pub": ctx.socket(zmq.PUB),

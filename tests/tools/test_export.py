@@ -19,6 +19,7 @@ from inferd.config import ModelConfig  # noqa: E402
 from inferd.models import load_model  # noqa: E402
 from inferd.tools.checkpoint import ExportError  # noqa: E402
 from inferd.tools.export import export_model, parse_shape  # noqa: E402
+from tests.conftest import bare_session  # noqa: E402
 
 SHAPE = (1, 3, 32, 32)
 FACTORY = "tests.tools.test_export:small_net"
@@ -92,9 +93,8 @@ def run(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def run_onnx(path: Path, *arrays: np.ndarray) -> list[np.ndarray]:
-    import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = bare_session(str(path))
     return session.run(None, {i.name: a for i, a in zip(session.get_inputs(), arrays, strict=True)})
 
 

@@ -46,7 +46,10 @@ class EndpointConfig(Strict):
         default_factory=lambda: [""], description="sub: topic prefixes to subscribe to (default: all)."
     )
     max_message_bytes: int = Field(
-        64 * 1024 * 1024, gt=0, description="Largest frame accepted (ZMQ_MAXMSGSIZE per part, and the sum)."
+        64 * 1024 * 1024,
+        gt=0,
+        description="Largest message accepted; larger ones are refused too_large (libzmq's "
+        "ZMQ_MAXMSGSIZE is 4x this: a part over that is cut off unanswered).",
     )
     max_elements: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest frame in array elements (decoded images included)."
