@@ -66,7 +66,7 @@ class Broker:
         with open(self.log, "a") as log:
             before = log.tell()  # a restart appends: read only this run's lines
             self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=log, stderr=log)
-        end = time.monotonic() + 10
+        end = time.monotonic() + 30  # generous: a loaded machine starts it late, never wrongly
         while time.monotonic() < end:
             if " running" in self.log.read_text()[before:]:
                 return
@@ -88,6 +88,8 @@ class Listener:
 
         self.messages: list[tuple[str, str, bool]] = []
         self.lock = threading.Lock()
+        self._marker: str | None = None  # sync()'s topic, and the event its message sets
+        self._marker_seen = threading.Event()
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         if ca is not None:
@@ -99,13 +101,26 @@ class Listener:
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        assert self.subscribed.wait(10), "the listener could not subscribe"
+        assert self.subscribed.wait(30), "the listener could not subscribe"
 
     def _add(self, m) -> None:
         with self.lock:
+            if m.topic == self._marker:
+                self._marker_seen.set()  # sync()'s own message: not one of the recorded ones
+                return
             self.messages.append((m.topic, m.payload.decode(), m.retain))
 
-    def wait(self, test, timeout=10.0) -> list[tuple[str, str, bool]]:
+    def sync(self, topic: str, timeout: float = 30.0) -> None:
+        """Returns once every message the broker had for this client when called has arrived,
+        the retained ones it sends after a subscription included: a marker published now on
+        `topic` (one this client subscribed to) comes back after them, since the broker queues
+        a client's messages in order. For "nothing else came" checks, instead of a sleep."""
+        self._marker_seen = threading.Event()
+        self._marker = topic
+        self.client.publish(topic, "sync", qos=1)
+        assert self._marker_seen.wait(timeout), f"the marker on {topic} did not come back in {timeout} s"
+
+    def wait(self, test, timeout=30.0) -> list[tuple[str, str, bool]]:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self.lock:

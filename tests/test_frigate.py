@@ -12,6 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.daemon_harness import DaemonProcess
 
+# Frigate's request_timeout_ms, on both sides (the endpoint's timeout_ms drops a request still
+# queued after it; the client's RCVTIMEO gives up): generous, so a loaded machine is slower, never
+# wrong. The client's is the shorter: an answer within it never waited for the request to expire.
+TIMEOUT_MS = 60_000
+CLIENT_TIMEOUT_MS = 30_000
+
 # x1, y1, x2, y2 (input pixels of a 64x64 model), score, class: what an end2end export gives
 ROWS = np.array([[8, 16, 24, 48, 0.6, 1], [32, 0, 64, 32, 0.9, 0], [0, 0, 4, 4, 0.1, 2]], np.float32)
 
@@ -48,7 +54,7 @@ models:
     path: {model}
     postprocess: {{type: detect, format: end2end, score_threshold: 0.3}}
 endpoints:
-  - {{type: frigate, bind: "ipc://{tmp}/frigate.sock", model: detector}}
+  - {{type: frigate, bind: "ipc://{tmp}/frigate.sock", model: detector, timeout_ms: {TIMEOUT_MS}}}
 metrics:
   listen: "{{metrics}}"
 """)  # fmt: skip
@@ -57,7 +63,7 @@ metrics:
     assert d.stop() == 0, d.logs()
 
 
-def frigate_socket(d, timeout_ms=2000):
+def frigate_socket(d, timeout_ms=CLIENT_TIMEOUT_MS):
     """Frigate's client: REQ with RCVTIMEO/SNDTIMEO = request_timeout_ms and LINGER 0."""
     s = d.ctx.socket(zmq.REQ)
     s.setsockopt(zmq.RCVTIMEO, timeout_ms)
@@ -93,11 +99,13 @@ def test_both_tensor_layouts_get_frigates_rows(daemon):
 
 
 def test_a_malformed_request_gets_a_zero_result_with_the_error_at_once(daemon):
-    sock = frigate_socket(daemon, timeout_ms=200)
+    """At once: answered by the parser with its reason, before the request could expire (not left
+    for Frigate's timeout, and not a `deadline` drop)."""
+    sock = frigate_socket(daemon)
     bad = np.zeros((1, 64, 64, 3), np.uint8)
     head = {"shape": [1, 64, 64, 3], "dtype": "uint8", "model_type": "ssd"}
     sock.send_multipart([json.dumps(head).encode(), bad.tobytes()[:-10]])
-    head, body = sock.recv_multipart()  # within Frigate's 200 ms
+    head, body = sock.recv_multipart()  # within the client's timeout, shorter than the endpoint's
     reply = json.loads(head)
     assert reply["shape"] == [20, 6] and reply["reason"] == "size" and "needs 12288" in reply["error"]
     assert np.frombuffer(body, np.float32).sum() == 0
@@ -110,18 +118,26 @@ def test_a_malformed_request_gets_a_zero_result_with_the_error_at_once(daemon):
     sock.close()
 
 
+def received(d) -> float:
+    return d.metric("inferd_frames_received_total", source="frigate")
+
+
 def test_a_client_that_timed_out_and_reconnected_gets_its_own_answers(daemon):
     tensor = np.zeros((1, 64, 64, 3), np.uint8)
     for _ in range(3):  # Frigate gave up on these and threw the socket away before the answer
         late = frigate_socket(daemon)
         head = {"shape": [1, 64, 64, 3], "dtype": "uint8", "model_type": "yologeneric"}
+        count = received(daemon)
         late.send_multipart([json.dumps(head).encode(), tensor.tobytes()])
+        end = time.monotonic() + 30  # LINGER 0 discards what is unsent: close once inferd has it
+        while received(daemon) == count:
+            assert time.monotonic() < end, "precondition not met: inferd never received the request"
+            time.sleep(0.02)
         late.close()
     fresh = frigate_socket(daemon)
-    for _ in range(5):
+    for _ in range(5):  # queued behind the late ones: those were answered (into the void) first
         np.testing.assert_allclose(ask(fresh, tensor)[1], EXPECTED, atol=1e-6)
     fresh.close()
-    time.sleep(0.1)
     assert daemon.proc.poll() is None
 
 
@@ -161,7 +177,8 @@ def test_real_detectors_answer_frigate_in_its_tensors_coordinates(tmp_path, dete
     assert dets
     d = DaemonProcess(
         tmp_path,
-        f'models:{entry}endpoints:\n  - {{type: frigate, bind: "ipc://{tmp_path}/f.sock", model: {name}}}\n',
+        f"models:{entry}endpoints:\n"
+        f'  - {{type: frigate, bind: "ipc://{tmp_path}/f.sock", model: {name}, timeout_ms: {TIMEOUT_MS}}}\n',
     )
     try:
         d.frigate = f"ipc://{tmp_path}/f.sock"

@@ -1,8 +1,11 @@
 """The HTTP endpoint of a running daemon: exact counts, readiness, health, bad HTTP input."""
 
+import errno
 import http.client
 import json
+import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +15,7 @@ import pytest
 import zmq
 
 from tests.daemon_harness import DaemonProcess, raw_header
+from tests.slow_model import Busy, build_slow_model, work
 
 CONFIG = """
 models:
@@ -22,6 +26,9 @@ models:
     path: {models}/larger_float.onnx
     threads: 1
     warmup: 1
+  - name: busy
+    path: {tmp}/busy.onnx
+    threads: 1
 endpoints:
   - {type: router, bind: "{router}", max_message_bytes: 2000000}
   - {type: pull, bind: "{pull}"}
@@ -39,9 +46,14 @@ TENSOR = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.floa
 BIG = np.random.default_rng(6).standard_normal((1, 3, 224, 224)).astype(np.float32)
 
 
+def start(tmp, config: str = CONFIG) -> DaemonProcess:
+    build_slow_model(tmp / "busy.onnx")  # busy for as long as a frame asks (tests/slow_model.py)
+    return DaemonProcess(tmp, config)
+
+
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = DaemonProcess(tmp_path_factory.mktemp("metrics"), CONFIG)
+    d = start(tmp_path_factory.mktemp("metrics"))
     yield d
     assert d.stop() == 0
 
@@ -49,7 +61,7 @@ def daemon(tmp_path_factory):
 def get(d, path: str, headers: dict | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(f"http://127.0.0.1:{d.metrics_port}{path}", headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -74,7 +86,7 @@ def test_counts_match_a_known_sequence_of_frames_exactly(daemon):
     for i in range(12):
         dealer.send_multipart([b"", raw_header(BIG, model="slow", source="burst0", id=str(i)), BIG])
     reasons = []
-    while len(reasons) < 12 and dealer.poll(10000):
+    while len(reasons) < 12 and dealer.poll(30000):
         h = json.loads(dealer.recv_multipart()[1])
         reasons.append("ok" if h["status"] == "ok" else h["error"]["reason"])
     dealer.close()
@@ -110,21 +122,33 @@ def test_counts_match_a_known_sequence_of_frames_exactly(daemon):
 
 
 def test_queue_depth_is_exported_per_source(daemon):
+    """Frames waiting behind a long inference show as queue depth, per source, exactly."""
+    busy = Busy(daemon.tmp / "busy.onnx")
     dealer = daemon.socket(zmq.DEALER, daemon.router)
-    for i in range(6):
-        dealer.send_multipart([b"", raw_header(BIG, model="slow", source=f"depth{i % 2}", id=str(i)), BIG])
-    depths = [
-        daemon.metric("inferd_queue_depth", source="depth0")
-        + daemon.metric("inferd_queue_depth", source="depth1")
-        for _ in range(20)
-    ]
-    got = 0
-    while got < 6 and dealer.poll(10000):
-        dealer.recv_multipart()
-        got += 1
+
+    def send(source: str, frame, rid: str) -> None:
+        dealer.send_multipart([b"", raw_header(frame, model="busy", source=source, id=rid), frame])
+
+    def depths() -> tuple[float, float]:
+        scrape = daemon.scrape()
+        return tuple(scrape.get(("inferd_queue_depth", (("source", s),)), 0.0) for s in ("depth0", "depth1"))
+
+    send("hold", busy.frame(5), "hold")  # the worker is inside this one for seconds
+    for i, source in enumerate(["depth0", "depth0", "depth1"]):  # queued behind it (2 fit a queue)
+        send(source, work(1), str(i))
+    end, seen = time.monotonic() + 30, None
+    while seen != (2, 1):
+        assert not dealer.poll(0), (
+            f"precondition not met: the long inference ended before the queue was seen ({seen})"
+        )
+        assert time.monotonic() < end, f"queue depths {seen}, not (2, 1)"
+        seen = depths()
+    got = []
+    while len(got) < 4 and dealer.poll(60000):
+        got.append(json.loads(dealer.recv_multipart()[1]))
     dealer.close()
-    assert max(depths) >= 1 and got == 6
-    assert daemon.metric("inferd_queue_depth", source="depth0") == 0
+    assert sorted(h["id"] for h in got if h["status"] == "ok") == ["0", "1", "2", "hold"], got
+    assert depths() == (0, 0)
 
 
 def test_health_and_readiness_bodies(daemon):
@@ -178,41 +202,72 @@ def test_status_command_shows_the_daemon(daemon):
     assert proc.returncode == 1 and "cannot scrape" in proc.stderr
 
 
-def test_readiness_flips_only_after_warm_up(tmp_path):
-    config = CONFIG.replace("    warmup: 1\n", "    warmup: 400\n")  # ~2 s of warm-up for `slow`
-    import threading
+def readyz(port: int) -> tuple[int, dict] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except OSError:
+        return None  # not listening yet
 
-    seen = []
+
+def test_readiness_flips_only_after_warm_up(tmp_path):
+    """/readyz says 503 while a model loads and 200 only once it is warm. The state is made, not
+    waited for: `slow`'s labels file is a FIFO the test keeps shut, so the daemon stays inside
+    loading `slow` (before its warm-up) until the test writes the labels."""
+    gate = tmp_path / "labels.fifo"
+    os.mkfifo(gate)
+    config = CONFIG.replace("    warmup: 1\n", f"    warmup: 400\n    labels: {gate}\n")  # ~2 s of warm-up
     result = {}
 
-    def start():
-        result["d"] = DaemonProcess(tmp_path, config)
+    def run():
+        try:
+            result["d"] = start(tmp_path, config)
+        except BaseException as e:
+            result["error"] = e
 
-    t = threading.Thread(target=start)
+    def open_gate() -> int | None:  # the write end, once the daemon has opened the read end
+        try:
+            return os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:
+            assert e.errno == errno.ENXIO, e  # ENXIO: nobody reads it yet
+            return None
+
+    t = threading.Thread(target=run, daemon=True)
     t.start()
-    port = None
     end = time.monotonic() + 30
-    while t.is_alive() and time.monotonic() < end:
-        cfg = tmp_path / "inferd.yaml"
-        if port is None and cfg.exists():
-            port = int(cfg.read_text().split('listen: "127.0.0.1:')[1].split('"')[0])
-        if port:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    seen.append((r.status, json.loads(r.read())))
-            except urllib.error.HTTPError as e:
-                seen.append((e.code, json.loads(e.read())))
-            except OSError:
-                pass
-        time.sleep(0.05)
-    t.join()
-    d = result["d"]
+    cfg, log = tmp_path / "inferd.yaml", tmp_path / "inferd.log"
     try:
-        assert seen, "never reached /readyz while starting"
-        not_ready = [b for code, b in seen if code == 503]
-        assert not_ready and not_ready[0]["ready"] is False
-        assert any(b["models"]["slow"]["state"] == "loading" for b in not_ready)
+        while not cfg.exists() or "127.0.0.1:" not in cfg.read_text():
+            assert time.monotonic() < end and t.is_alive(), result.get("error", "no config written")
+            time.sleep(0.02)
+        port = int(cfg.read_text().split('listen: "127.0.0.1:')[1].split('"')[0])
+        # 1. the gate shut: not ready, `slow` loading, for as long as it takes to see it
+        while (seen := readyz(port)) is None or seen[1]["models"]["slow"]["state"] != "loading":
+            assert seen is None or seen[0] == 503, f"ready while a model was loading: {seen}"
+            assert time.monotonic() < end and t.is_alive(), f"never saw `slow` loading: {seen} {result}"
+            time.sleep(0.02)
+        assert seen[0] == 503 and seen[1]["ready"] is False, seen
+        # 2. open the gate: the daemon reads the labels, then warms `slow` up
+        while (fd := open_gate()) is None:
+            assert time.monotonic() < end and t.is_alive(), f"the labels were never read: {result}"
+            time.sleep(0.02)
+        os.write(fd, "".join(f"class{i}\n" for i in range(1000)).encode())
+        os.close(fd)
+        # 3. until the daemon is ready: 503, or a 200 given after the warm-up ended (logged)
+        while t.is_alive():
+            if (seen := readyz(port)) is not None and seen[0] != 503:
+                assert seen[0] == 200 and "loaded model slow" in log.read_text(), f"ready too early: {seen}"
+            time.sleep(0.02)
+        t.join()
+        assert "error" not in result, result["error"]
+        d = result["d"]
         assert get(d, "/readyz")[0] == 200
         assert d.metric("inferd_ready") == 1
     finally:
-        assert d.stop() == 0
+        if t.is_alive() and (fd := open_gate()) is not None:  # a failure above: let the start end
+            os.close(fd)
+        t.join(60)
+        if "d" in result:
+            assert result["d"].stop() == 0

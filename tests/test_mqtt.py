@@ -31,13 +31,19 @@ ZEROS = np.zeros((1, 3, 64, 64), np.float32)
 PERSON = "homeassistant/binary_sensor/inferd_board1/det_door_person/config"
 COUNT = "homeassistant/sensor/inferd_board1/det_door_count/config"
 SENSOR = "homeassistant/sensor/inferd_board1/cls_cam0/config"
+SYNC = "homeassistant/inferd_tests/sync"  # Listener.sync's marker: no entity's topic
+
+
+# every frame queued, none dropped (the sender waits instead): a test that counts messages
+# offers the sink exactly the frames it sent, whatever the machine's speed
+FIFO = 'sources:\n  - {match: "*", policy: fifo, queue_size: 64}\n'
 
 
 def daemon_config(
-    broker, labels_dir, detector=None, publish="{mode: every}", extra="", prefix="inferd"
+    broker, labels_dir, detector=None, publish="{mode: every}", extra="", prefix="inferd", fifo=False
 ) -> str:
     """cls (classify) for cam*, and with a detector det (detect) for door*; `broker` is a port or
-    the broker's lines of the mqtt section."""
+    the broker's lines of the mqtt section; `fifo`: the FIFO sources policy."""
     if isinstance(broker, int):
         broker = f'broker: "mqtt://127.0.0.1:{broker}"'
     det_model = f"""
@@ -68,10 +74,10 @@ mqtt:
   device_id: board1
   publish: {publish}
   home_assistant: {{labels: [person]}}
-{extra}"""
+{extra}{FIFO if fifo else ""}"""
 
 
-def wait_for(test, what: str, timeout: float = 10.0) -> None:
+def wait_for(test, what: str, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not test():
         if time.monotonic() > end:
@@ -118,14 +124,13 @@ def test_results_availability_and_discovery_reach_real_clients(setup):
         late.wait(lambda m: m[1] == "online" and m[2])
         late.close()
         with FramePublisher(d.pull, source="cam0") as cam, FramePublisher(d.pull, source="door") as door:
-            for i in range(3):
+            for i in range(3):  # a `latest` queue may drop an older one, never seq 2, the newest
                 cam.send(TENSOR, seq=i)
                 door.send(ZEROS, seq=i)
-                time.sleep(0.05)
         listener.wait(lambda m: m[0] == "inferd/board1/det/door" and json.loads(m[1])["seq"] == 2)
         listener.wait(lambda m: m[0] == "inferd/board1/cls/cam0" and json.loads(m[1])["seq"] == 2)
         cls = listener.results("inferd/board1/cls/cam0")[0]
-        with InferClient(d.router) as client:  # the same frame by request: the same answer
+        with InferClient(d.router, timeout=30) as client:  # the same frame by request: the same answer
             expected = client.infer(TENSOR, model="cls").classes
         assert cls["model"] == "cls" and cls["source"] == "cam0" and cls["classes"] == expected
         det = listener.results("inferd/board1/det/door")[0]
@@ -232,43 +237,61 @@ def test_entity_ids_cannot_collide_and_tell_their_model_and_label():
 
 
 def test_publish_policies_change_and_rate(setup):
+    """`change` sends a result when its label differs from the last one sent; `rate` sends at most
+    max_per_s per model and source. fifo queues: the sink is offered every frame sent, so the counts
+    are exact, and the rate's bound comes from the window the offers fell in, whatever its length."""
     broker, tmp, detector = setup
-    extra = "  models:\n    det: {mode: rate, max_per_s: 2}\n"
+    interval = 2.0  # det: 0.5 per second
+    extra = "  models:\n    det: {mode: rate, max_per_s: 0.5}\n"
     d = DaemonProcess(
-        tmp, daemon_config(broker.port, tmp, detector, "{mode: change, heartbeat_s: 60}", extra)
+        tmp, daemon_config(broker.port, tmp, detector, "{mode: change, heartbeat_s: 60}", extra, fifo=True)
     )
     listener = Listener(broker.port, "inferd/board1/+/+")
     try:
-        other = np.full((1, 3, 64, 64), -3, np.float32)  # "bravo" where TENSOR is "echo"
-        with FramePublisher(d.pull, source="cam1") as cam:
-            for frame in [TENSOR] * 5 + [other] * 5:  # one change: two messages, not ten
-                cam.send(frame)
-                time.sleep(0.03)
-        with FramePublisher(d.pull, source="door1") as door:
-            for _ in range(20):  # 1 s at 20 fps, at most 2 per second
-                door.send(ZEROS)
-                time.sleep(0.05)
 
         def metric(name: str, **labels) -> float:
             return d.metric(name, **labels)
 
-        def decided() -> bool:  # every result offered to the sink was sent or held back
-            results = metric("inferd_frame_latency_seconds_count", model="cls", source="cam1") + metric(
-                "inferd_frame_latency_seconds_count", model="det", source="door1"
-            )
-            held = metric("inferd_mqtt_messages_total", result="skipped")
-            return results >= 29 and metric("inferd_mqtt_messages_total", result="sent") + held == results
+        def results(model: str, source: str) -> float:  # observed after the result was offered
+            return metric("inferd_frame_latency_seconds_count", model=model, source=source)
 
-        wait_for(decided, "the sink to decide on every result")
-        sent = metric("inferd_mqtt_messages_total", result="sent")
-        wait_for(lambda: len(listener.messages) == sent, "the broker to deliver every message sent")
-        labels = [r["classes"][0]["label"] for r in listener.results("inferd/board1/cls/cam1")]
-        with InferClient(d.router) as client:
-            expected = [client.infer(x, model="cls").classes[0]["label"] for x in (TENSOR, other)]
-        assert expected[0] != expected[1], "the test needs two frames the classifier tells apart"
-        assert labels == expected, labels
-        assert 2 <= len(listener.results("inferd/board1/det/door1")) <= 4
-        assert metric("inferd_mqtt_messages_total", result="skipped") >= 7 + 16
+        def decided() -> float:  # results the sink sent or held back
+            return metric("inferd_mqtt_messages_total", result="sent") + metric(
+                "inferd_mqtt_messages_total", result="skipped"
+            )
+
+        other = np.full((1, 3, 64, 64), -3, np.float32)  # "bravo" where TENSOR is "echo"
+        with FramePublisher(d.pull, source="cam1") as cam:
+            for frame in [TENSOR] * 5 + [other] * 5:  # one change: two messages, not ten
+                cam.send(frame)
+        start = time.monotonic()  # before the first door1 frame is sent: every offer comes after
+        with FramePublisher(d.pull, source="door1") as door:
+            for _ in range(20):
+                door.send(ZEROS)
+            wait_for(lambda: results("cls", "cam1") == 10 and results("det", "door1") == 20, "all 30 results")
+            window = time.monotonic() - start  # every door1 result was offered within it
+            wait_for(lambda: decided() == 30, "the sink to decide on every result")
+            sent = metric("inferd_mqtt_messages_total", result="sent")
+            wait_for(lambda: len(listener.messages) == sent, "the broker to deliver every message sent")
+            with InferClient(d.router, timeout=30) as client:
+                expected = [client.infer(x, model="cls").classes[0]["label"] for x in (TENSOR, other)]
+            assert expected[0] != expected[1], "the test needs two frames the classifier tells apart"
+            labels = [r["classes"][0]["label"] for r in listener.results("inferd/board1/cls/cam1")]
+            assert labels == expected, labels
+            doors = len(listener.results("inferd/board1/det/door1"))
+            # the first one, then at most one per interval: offers `window` s apart at the most
+            bound = 1 + int(window // interval)
+            assert bound < 20, f"precondition not met: 20 frames took {window:.1f} s, the bound says nothing"
+            assert 1 <= doors <= bound, (doors, window)
+            assert sent == 2 + doors
+            assert metric("inferd_mqtt_messages_total", result="skipped") == 8 + 20 - doors
+            # a full interval after the last offer (a slower machine only waits longer): sent again
+            time.sleep(interval)
+            door.send(ZEROS)
+            wait_for(
+                lambda: len(listener.results("inferd/board1/det/door1")) == doors + 1,
+                "a door1 result sent once the interval has passed",
+            )
     finally:
         assert d.stop() == 0
         listener.close()
@@ -280,7 +303,7 @@ def test_only_streamed_results_are_published(setup):
     d = DaemonProcess(tmp, daemon_config(broker.port, tmp))
     listener = Listener(broker.port, "inferd/board1/+/+")
     try:
-        with InferClient(d.router) as client:
+        with InferClient(d.router, timeout=30) as client:
             assert client.infer(TENSOR, model="cls", source="asked").ok
         with FramePublisher(d.pull, source="cam0") as cam:
             cam.send(TENSOR, seq=5)
@@ -293,25 +316,30 @@ def test_only_streamed_results_are_published(setup):
 
 def test_a_broker_outage_costs_no_inference(setup):
     broker, tmp, detector = setup
-    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, detector, extra="  outbox: 5\n"))
+    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, detector, extra="  outbox: 5\n", fifo=True))
     try:
         wait_for(lambda: d.metric("inferd_mqtt_connected") == 1, "the broker connection")
         broker.kill()
-        with FramePublisher(d.pull, source="cam2") as cam, InferClient(d.router) as client:
+        # precondition: inferd knows the broker is gone, so no result below can reach it
+        wait_for(lambda: d.metric("inferd_mqtt_connected") == 0, "inferd to notice the outage")
+        with FramePublisher(d.pull, source="cam2") as cam, InferClient(d.router, timeout=30) as client:
             for i in range(30):
                 cam.send(TENSOR, seq=i)
                 assert client.infer(TENSOR, model="cls").ok  # inference goes on at full rate
-        wait_for(lambda: d.metric("inferd_mqtt_messages_total", result="dropped") >= 25, "25 drops")
-        assert d.metric("inferd_mqtt_connected") == 0  # the outbox keeps 5
+        cam2 = {"model": "cls", "source": "cam2"}
+        wait_for(lambda: d.metric("inferd_frame_latency_seconds_count", **cam2) == 30, "the 30 results")
+        assert d.metric("inferd_mqtt_messages_total", result="dropped") == 25  # the outbox keeps 5
+        assert d.metric("inferd_mqtt_connected") == 0
         mqtt = healthz(d)["mqtt"]
         assert mqtt["broker"] == f"mqtt://127.0.0.1:{broker.port}" and mqtt["connected"] is False
         wait_for(lambda: "Connection refused" in d.logs(), "the reason in the log")
         broker.start()  # the broker comes back on the same port: inferd reconnects by itself
         listener = Listener(broker.port, "inferd/board1/cls/cam3")
-        wait_for(lambda: d.metric("inferd_mqtt_connected") == 1, "the reconnection", timeout=40)
+        # paho retries 1 to 30 s apart: the next try can come 30 s after the broker is back
+        wait_for(lambda: d.metric("inferd_mqtt_connected") == 1, "the reconnection", timeout=60)
         with FramePublisher(d.pull, source="cam3") as cam:
             cam.send(TENSOR, seq=99)
-            listener.wait(lambda m: json.loads(m[1])["seq"] == 99, timeout=10)
+            listener.wait(lambda m: json.loads(m[1])["seq"] == 99)
         listener.close()
     finally:
         assert d.stop() == 0
@@ -333,8 +361,8 @@ def test_tls_and_a_password_file_reach_real_clients(tls, tmp_path):
         listener.wait(lambda m: m[0] == "inferd/board1/status" and m[1] == "online")
         sub = subprocess.run(  # Mosquitto's own client, verifying the certificate for 127.0.0.1
             ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "--cafile", str(certs["ca"]),
-             "-u", "reader", "-P", "r3ader", "-t", "inferd/board1/status", "-C", "1", "-W", "10"],
-            capture_output=True, text=True, timeout=20,
+             "-u", "reader", "-P", "r3ader", "-t", "inferd/board1/status", "-C", "1", "-W", "30"],
+            capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert (sub.returncode, sub.stdout) == (0, "online\n"), sub.stderr
         with FramePublisher(d.pull, source="cam0") as cam:
@@ -342,7 +370,7 @@ def test_tls_and_a_password_file_reach_real_clients(tls, tmp_path):
             result = json.loads(
                 listener.wait(lambda m: m[0] == "inferd/board1/cls/cam0" and '"seq":7' in m[1])[0][1]
             )
-        with InferClient(d.router) as client:
+        with InferClient(d.router, timeout=30) as client:
             assert result["classes"] == client.infer(TENSOR, model="cls").classes
         assert d.metric("inferd_mqtt_connected") == 1
         assert healthz(d)["mqtt"] == {"broker": f"mqtts://127.0.0.1:{broker.port}", "connected": True}
@@ -362,11 +390,15 @@ def test_a_broker_that_refuses_inferd_costs_no_inference(tls, tmp_path, case, re
     broker, certs = tls
     password = secret(tmp_path / "mqtt.password", "wrong" if case == "wrong password" else "s3cret")
     ca = certs["other_ca"] if case == "untrusted CA" else certs["ca"]
+    before = len(broker.log.read_text())
     d = DaemonProcess(tmp_path, daemon_config(tls_lines(broker, ca, password), tmp_path))
     try:
         wait_for(lambda: reason in d.logs(), f"{reason!r} in the log")
+        # the broker's own count of the attempts it refused (one line each): a retry has happened
+        refusal = "not authorised" if case == "wrong password" else "alert unknown ca"
+        wait_for(lambda: broker.log.read_text()[before:].count(refusal) >= 2, "a second attempt")
         assert f"broker mqtts://127.0.0.1:{broker.port}: {reason}" in d.logs()
-        with FramePublisher(d.pull, source="cam0") as cam, InferClient(d.router) as client:
+        with FramePublisher(d.pull, source="cam0") as cam, InferClient(d.router, timeout=30) as client:
             for i in range(5):
                 cam.send(TENSOR, seq=i)
             assert client.infer(TENSOR, model="cls").ok  # inference goes on
@@ -439,7 +471,7 @@ def test_reload_moves_publishing_removes_entities_and_refuses_a_broken_section(s
         for topic in (PERSON, COUNT):
             a.wait(lambda m, topic=topic: m[0] == topic and m[1] == "")
         late = Listener(broker.port, "homeassistant/#")  # what Home Assistant sees when it restarts
-        late.wait(lambda m: m[0] == SENSOR and m[2])  # the retained configs have arrived
+        late.sync(SYNC)  # every retained config has arrived
         assert {m[0] for m in late.messages} == {SENSOR}
         late.close()
         assert d.logs().count("loaded model") == loaded, "the classifier was not loaded again"
@@ -512,8 +544,7 @@ def test_entities_of_a_model_removed_while_stopped_are_deleted_at_the_next_start
         )
         late.close()
         again = Listener(broker.port, "homeassistant/#")  # what Home Assistant sees when it restarts
-        again.wait(lambda m: m[0] == SENSOR and m[2])
-        time.sleep(0.5)
+        again.sync(SYNC)  # every retained config has arrived
         assert {m[0] for m in again.messages} == {SENSOR}  # the classifier's stays: it is configured
         again.close()
     finally:

@@ -105,11 +105,14 @@ def test_remove_if_and_close():
     assert [(f.header.seq, r) for f, r in removed] == [(1, "deadline"), (3, "deadline")]
     assert q.size == 2
     got = []
-    t = threading.Thread(target=lambda: got.extend(iter(lambda: q.take(1.0), None)))
+    # a taker that would wait a minute on an empty queue: only close() ends it, whether it is
+    # already waiting when close() comes or gets there after (queued frames are taken first)
+    t = threading.Thread(target=lambda: got.extend(iter(lambda: q.take(60.0), None)), daemon=True)
     t.start()
     q.close()
-    t.join(5)
-    assert [f.header.seq for f in got] == [0, 2] and not t.is_alive()
+    t.join(30)
+    assert not t.is_alive(), "close() did not end a take() waiting on the empty queue"
+    assert [f.header.seq for f in got] == [0, 2]
     _, drops = queue()
     q2 = ModelQueue("m", SourcePolicies([]), lambda f, r: drops.append(r))
     q2.close()

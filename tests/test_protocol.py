@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -94,7 +94,7 @@ def test_jpeg_and_png_decode_to_rgb_and_bad_ones_are_rejected():
     assert e.value.reason == "too_large"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # no wall clock
 @given(
     st.one_of(
         st.binary(max_size=300),

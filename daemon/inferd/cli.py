@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from inferd.logs import setup_logging
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "warning")
     try:
         return args.func(args)
     except InferdError as e:
@@ -44,9 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"inferd {__version__}")
     p.add_argument(
         "--log-level",
-        default="warning",
+        default=None,
         choices=["debug", "info", "warning", "error"],
-        help="log level for this command (the daemon takes it from the config)",
+        help="log level for this command (default warning; the daemon takes it from the config, "
+        "capture logs at info)",
     )
     sub = p.add_subparsers(metavar="COMMAND")
 
@@ -160,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from inferd.service import Notifier, Watchdog, watchdog_interval
 
     config, base_dir = load_config(args.config)
-    if args.log_level == "warning":  # not given on the command line: the config decides
+    if args.log_level is None:  # not given on the command line: the config decides
         setup_logging(config.logging.level)
     notifier = Notifier()
     daemon = Daemon(config, base_dir, notifier=notifier, config_path=args.config)
@@ -504,6 +505,8 @@ def print_model(m: dict) -> None:
             f"    warm-up: {m['warmup_runs']} runs, first {m['first_run_ms']:.3f} ms, "
             f"then {m['warm_latency_ms']:.3f} ms; loaded in {m['load_seconds']:.3f} s"
         )
+    if m.get("latency_error"):
+        print(f"    latency: not measured: {m['latency_error']}")
     if m.get("mean_latency_ms") is not None:
         print(
             f"    latency: mean {m['mean_latency_ms']:.3f} ms over {m['runs']} runs "
@@ -540,7 +543,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 2
     model = load_model(cfg, Path.cwd())
     info = model.describe()
-    info["mean_latency_ms"], info["runs"] = measure(model, args.runs), args.runs
+    try:
+        info["mean_latency_ms"], info["runs"] = measure(model, args.runs), args.runs
+    except Exception as e:  # a model that loads but fails on made-up inputs: say so, no traceback
+        shapes = ", ".join(str(list(x.shape)) for x in model.warm_inputs())
+        info["mean_latency_ms"], info["runs"] = None, 0
+        info["latency_error"] = f"could not run it on zeros of shape {shapes}: {e}"
     model.close()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -550,11 +558,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def measure(model, runs: int) -> float | None:
-    import numpy as np
-
     if runs <= 0:
         return None
-    inputs = [np.zeros([d or 1 for d in s.shape], s.dtype) for s in model.backend.inputs]
+    inputs = model.warm_inputs()
     t0 = time.perf_counter()
     for _ in range(runs):
         model.backend.infer(inputs)

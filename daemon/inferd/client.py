@@ -11,6 +11,7 @@ Every method that waits has a timeout; errors are RequestError (with .reason) or
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from inferd.errors import RequestError, RequestTimeout
+from inferd.errors import ConnectionRefused, RequestError, RequestTimeout
 from inferd.protocol import CONTROL, HELLO, VERSION, decode_tensors, encode_header
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
@@ -187,8 +188,34 @@ class InferClient:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         self.curve = use_curve(sock, self.server_key, self.client_key)
+        # the daemon's handshake refusing us (allow_ips, CURVE keys) is an event on this socket:
+        # libzmq then drops the connection for good and says nothing else
+        self._events = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._events, zmq.POLLIN)
+        self._refused: str | None = None
         sock.connect(self.endpoint)
         return sock
+
+    def _check_refused(self) -> str | None:
+        """Why the daemon refused this client, once its handshake said so."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._refused is None and self._events.poll(0):
+            event = recv_monitor_message(self._events)
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._refused = (
+                    f"{self.endpoint} refused this client at the handshake (ZAP status "
+                    f"{event['value']}): its address is not in the endpoint's allow_ips"
+                    + (", or its CURVE key is not in the daemon's clients_dir" if self.curve else "")
+                )
+        return self._refused
+
+    def _close_socket(self) -> None:
+        self._socket.disable_monitor()
+        self._events.close(linger=0)
+        self._socket.close(linger=0)
 
     def infer(
         self,
@@ -198,19 +225,25 @@ class InferClient:
         seq: int | None = None,
         ts: float | None = None,
         timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> Result:
-        """Send one frame, wait for its answer. Raises RequestError (rejected) or RequestTimeout."""
+        """Send one frame, wait for its answer. Raises RequestError (rejected) or RequestTimeout
+        (also, within 0.1 s, when `cancel` is set while waiting)."""
         timeout = self.timeout if timeout is None else timeout
         rid = f"{id(self):x}-{next(self._ids)}"
         deadline = time.time() + timeout
         msg = frame_message(
             frame, source or self.source, next(self._seq) if seq is None else seq, model, ts, rid, deadline
         )
-        self._socket.send_multipart([b"", *msg], copy=False)
         end = time.monotonic() + timeout
-        while (left := end - time.monotonic()) > 0:
-            if not self._socket.poll(left * 1000):
-                break
+        sent = self._send(msg, end, cancel)
+        while sent and (left := end - time.monotonic()) > 0 and self._check_refused() is None:
+            if cancel is not None:
+                if cancel.is_set():
+                    break
+                left = min(left, 0.1)
+            if self._socket not in dict(self._poller.poll(left * 1000)):
+                continue
             parts = self._socket.recv_multipart(copy=False)
             if parts and len(parts[0]) == 0:
                 parts = parts[1:]
@@ -218,9 +251,14 @@ class InferClient:
             if result.id == rid:
                 return result.raise_for_status()
             # a late answer to an earlier request that timed out: ignore it
+        refused = self._check_refused()
         # reset the socket so a late reply or a queued request cannot confuse the next call
-        self._socket.close(linger=0)
+        self._close_socket()
         self._socket = self._connect()
+        if refused is not None:
+            raise ConnectionRefused(refused)
+        if cancel is not None and cancel.is_set():
+            raise RequestTimeout(f"cancelled while waiting for {self.endpoint}")
         hint = (
             " (CURVE: a wrong server key or a client key the daemon does not allow fails silently)"
             if self.curve
@@ -235,8 +273,22 @@ class InferClient:
             )
         raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.3g} s{hint}")
 
+    def _send(self, msg: list, end: float, cancel: threading.Event | None) -> bool:
+        """Queue the request without blocking past `end`. A connected DEALER always has room; one
+        whose only connection the daemon refused has none, ever (libzmq does not reconnect after
+        a refused handshake), and a blocking send would wait forever."""
+        while True:
+            try:
+                self._socket.send_multipart([b"", *msg], copy=False, flags=zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                left = end - time.monotonic()
+                if left <= 0 or (cancel is not None and cancel.is_set()) or self._check_refused():
+                    return False
+                zmq.select([self._events], [self._socket], [], min(left, 0.1))
+
     def close(self) -> None:
-        self._socket.close(linger=0)
+        self._close_socket()
 
     def __enter__(self) -> InferClient:
         return self
@@ -258,7 +310,10 @@ class FramePublisher:
         context: zmq.Context | None = None,
         server_key: Key | None = None,
         client_key: Key | None = None,
+        immediate: bool = False,
     ) -> None:
+        """`immediate`: queue nothing for an inferd that is not connected (ZMQ_IMMEDIATE): `send`
+        then waits, or with block=False returns False, until one is."""
         if mode not in ("push", "pub"):
             raise ValueError("mode must be 'push' or 'pub'")
         self.source, self.mode = source, mode
@@ -266,6 +321,8 @@ class FramePublisher:
         self.socket = self.ctx.socket(zmq.PUSH if mode == "push" else zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 1000)
+        if immediate:
+            self.socket.setsockopt(zmq.IMMEDIATE, 1)
         use_curve(self.socket, server_key, client_key)
         if bind if bind is not None else mode == "pub":
             self.socket.bind(endpoint)

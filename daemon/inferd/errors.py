@@ -46,5 +46,13 @@ class RequestError(InferdError):
 class RequestTimeout(RequestError):
     """Client side: no answer before the timeout."""
 
+    def __init__(self, message: str, reason: str = "timeout") -> None:
+        RequestError.__init__(self, reason, message)
+
+
+class ConnectionRefused(RequestTimeout):
+    """Client side: the daemon refused this client at the handshake (allow_ips, CURVE keys), so no
+    request can be answered. A RequestTimeout (as it was before inferd told them apart)."""
+
     def __init__(self, message: str) -> None:
-        super().__init__("timeout", message)
+        super().__init__(message, "refused")

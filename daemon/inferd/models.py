@@ -154,11 +154,16 @@ class Model:
         outputs = self.infer(self.prepare(arrays))
         return outputs, self.decode(outputs, source, self.geometry(arrays))
 
-    def warm(self, runs: int) -> None:
-        inputs = [
+    def warm_inputs(self) -> list[np.ndarray]:
+        """Zeros shaped for a warm-up run: a dynamic batch is 1, a dynamic image size what the
+        preprocessing makes (a strided detector fails at 1x1)."""
+        return [
             np.zeros(pre.warm_shape(), spec.dtype)
             for spec, pre in zip(self.backend.inputs, self.preprocessors, strict=True)
         ]
+
+    def warm(self, runs: int) -> None:
+        inputs = self.warm_inputs()
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()

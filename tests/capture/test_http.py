@@ -14,7 +14,7 @@ from PIL import Image
 from inferd.client import ResultSubscriber
 from tests.capture.harness import start_capture
 from tests.capture.media import colour_config, colour_model, solid
-from tests.capture.test_rtsp import labels
+from tests.capture.test_rtsp import labels_until, wait_log
 from tests.daemon_harness import DaemonProcess
 
 pytest.importorskip("av")
@@ -79,18 +79,14 @@ def test_an_mjpeg_http_camera_that_stalls_is_reconnected(tmp_path):
     )
     try:
         with ResultSubscriber(d.results, "colour/esp32") as sub:
-            before = labels(sub, 4)
-            text = log.read_text()
-            assert {"red", "green"} <= set(before), (before, text)
+            labels_until(sub, lambda got: {"red", "green"} <= set(got), why="both colours before")
             camera.stalled.set()  # connected, silent: only a timeout can tell
-            time.sleep(4)
-            assert "reconnecting" in log.read_text()
-            labels(sub, 0.3)  # whatever was in flight
+            wait_log(log, "reconnecting")
             camera.stalled.clear()
-            after = labels(sub, 6)
-        text = log.read_text()
-        assert text.count("streaming") >= 2, text
-        assert len(after) >= 20 and {"red", "green"} <= set(after), (after, text)
+            wait_log(log, "streaming", count=2)
+            labels_until(
+                sub, lambda got: len(got) >= 20 and {"red", "green"} <= set(got), why="frames after the stall"
+            )
     finally:
         capture.terminate()
         capture.wait(15)

@@ -4,6 +4,7 @@ for the frames' content (the stream alternates red and green every two seconds).
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -38,7 +39,7 @@ class RtspCamera:
              "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
-        time.sleep(1.0)
+        wait_port(self.source_port)
         publisher = subprocess.Popen(
             ["ffmpeg", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "color=c=black:size=320x240:rate=10",
              "-vf", COLOURS, "-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-pix_fmt", "yuv420p",
@@ -58,15 +59,35 @@ class RtspCamera:
         self.procs = []
 
 
-def labels(sub: ResultSubscriber, seconds: float) -> list[str]:
-    out, end = [], time.monotonic() + seconds
-    while time.monotonic() < end:
+def wait_port(port: int, timeout: float = 30) -> None:
+    end = time.monotonic() + timeout
+    while True:
         try:
-            r = sub.recv(0.5)
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < end, f"nothing listens on port {port} after {timeout} s"
+            time.sleep(0.05)
+
+
+def labels_until(sub: ResultSubscriber, done, timeout: float = 90, why: str = "") -> list[str]:
+    """Labels of the results as they come, until `done(labels)` (or fail after `timeout` s)."""
+    out, end = [], time.monotonic() + timeout
+    while not done(out):
+        assert time.monotonic() < end, f"{why}: got {out} in {timeout} s"
+        try:
+            out.append(sub.recv(0.5).classes[0]["label"])
         except RequestTimeout:
             continue
-        out.append(r.classes[0]["label"])
     return out
+
+
+def wait_log(log, text: str, count: int = 1, timeout: float = 60) -> str:
+    end = time.monotonic() + timeout
+    while (got := log.read_text()).count(text) < count:
+        assert time.monotonic() < end, f"{text!r} not {count}x in the log after {timeout} s:\n{got}"
+        time.sleep(0.05)
+    return got
 
 
 def test_capture_survives_an_rtsp_server_restart(tmp_path):
@@ -80,16 +101,13 @@ def test_capture_survives_an_rtsp_server_restart(tmp_path):
     )
     try:
         with ResultSubscriber(d.results, "colour/rtsp") as sub:
-            before = labels(sub, 6)
-            assert {"red", "green"} <= set(before), (before, log.read_text())
+            labels_until(sub, lambda got: {"red", "green"} <= set(got), why="both colours before")
             camera.stop()  # the camera reboots
-            time.sleep(4)
-            labels(sub, 0.5)  # whatever was in flight
+            wait_log(log, "reconnecting")
             camera.start()
-            after = labels(sub, 12)
-        text = log.read_text()
-        assert "reconnecting" in text and text.count("streaming") >= 2, text
-        assert len(after) >= 10 and {"red", "green"} & set(after), (after, text)
+            wait_log(log, "streaming", count=2)
+            after = labels_until(sub, lambda got: len(got) >= 10, why="frames after the restart")
+        assert {"red", "green"} & set(after), after
     finally:
         capture.terminate()
         capture.wait(15)

@@ -109,7 +109,7 @@ def target(tmp_path_factory):
 def check_alive(state) -> None:
     d = state["d"]
     assert d.proc.poll() is None, "the daemon died:\n" + d.logs()[-3000:]
-    header, parts = d.request([raw_header(TENSOR, model="raw", source="canary"), TENSOR], timeout=10)
+    header, parts = d.request([raw_header(TENSOR, model="raw", source="canary"), TENSOR], timeout=30)
     assert header["status"] == "ok", header
     np.testing.assert_array_equal(np.frombuffer(parts[0], np.float32).reshape(1, 10), state["expected"])
 

@@ -58,6 +58,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     keys = ("url", "to", "to_type", "source", "model", "fps", "size", "loop", "pace", "encoding",
             "input_format", "metrics")  # fmt: skip
+    if args.log_level is None:  # a camera process says what it does: streaming, reconnecting (why)
+        from inferd.logs import setup_logging
+
+        setup_logging("info")
     cfg = load_capture_config(args.config, {k: getattr(args, k) for k in keys})
     keep_frame_memory()
     capture = Capture(cfg)
@@ -69,5 +73,5 @@ def cmd_capture(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     code = capture.run()
     if code:
-        print(f"inferd capture: {cfg.url} could not be read (see above)", file=sys.stderr)
+        print(f"inferd capture: {capture.failure}", file=sys.stderr)
     return code

@@ -11,9 +11,12 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from inferd.config.base import Strict
-from inferd.config.sections import ZMQ_ADDRESS
 from inferd.errors import ConfigError
 
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")  # what FFmpeg opens for us
+TO_HINT = (
+    "tcp://HOST:PORT or ipc://PATH (inferd's pull or router endpoint, e.g. ipc:///run/inferd/frames.sock)"
+)
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".ts", ".mjpeg", ".mjpg", ".h264", ".hevc"}
 
 
@@ -23,7 +26,7 @@ class CaptureConfig(Strict):
     url: str = Field(
         description="/dev/videoN, rtsp://, rtmp://, http(s)://, a video file or an image folder."
     )
-    to: str = Field(pattern=ZMQ_ADDRESS, description="inferd's pull (or router) endpoint.")
+    to: str = Field(description="inferd's pull (or router) endpoint: tcp://HOST:PORT or ipc://PATH.")
     to_type: Literal["pull", "router"] = Field("pull", description="The kind of endpoint `to` is.")
     source: str = Field("cam0", pattern=r"^[^/]{1,128}$", description="Source name in headers and metrics.")
     model: str | None = Field(None, description="Model to ask for (default: inferd's routes).")
@@ -58,6 +61,24 @@ class CaptureConfig(Strict):
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest wait between reconnection attempts.")
     metrics: str | None = Field(None, description="HOST:PORT for this process's Prometheus metrics.")
 
+    @field_validator("to")
+    @classmethod
+    def _to(cls, v: str) -> str:
+        if not re.match(r"^(tcp://[^:/]+:\d+|ipc://.+)$", v):
+            raise ValueError(f"--to takes {TO_HINT}; got {v!r}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", v)
+        if m and m.group(1).lower() not in STREAM_SCHEMES:
+            raise ValueError(
+                f"unknown URL scheme {m.group(1)!r} in {v!r}; supported: {', '.join(STREAM_SCHEMES)} "
+                "(or /dev/videoN, a video file or an image folder)"
+            )
+        return v
+
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, v: Any) -> Any:
@@ -73,7 +94,7 @@ class CaptureConfig(Strict):
         """device, stream, folder or file."""
         if self.url.startswith("/dev/video"):
             return "device"
-        if re.match(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", self.url):
+        if re.match(rf"^({'|'.join(STREAM_SCHEMES)})://", self.url, re.I):
             return "stream"
         return "folder" if Path(self.url).is_dir() else "file"
 
@@ -93,9 +114,17 @@ def load_capture_config(path: Path | None, overrides: dict) -> CaptureConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a camera config is a mapping (url, to, source, ...)")
     data.update({k: v for k, v in overrides.items() if v is not None})
+    where = str(path or "command line")
+    missing = {
+        "url": "the camera, stream, video file or image folder to read",
+        "to": f"where to send the frames, {TO_HINT}",
+    }
+    for key, what in missing.items():
+        if key not in data:
+            raise ConfigError(f"{where}: no --{key} ({key}: in a camera YAML): {what}")
     try:
         return CaptureConfig.model_validate(data)
     except ValidationError as e:
         from inferd.config import format_errors
 
-        raise ConfigError(format_errors(str(path or "command line"), e, CaptureConfig)) from None
+        raise ConfigError(format_errors(where, e, CaptureConfig)) from None

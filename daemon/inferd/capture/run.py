@@ -19,10 +19,9 @@ import time
 import numpy as np
 
 from inferd.capture.config import CaptureConfig
+from inferd.capture.link import Link
 from inferd.capture.metrics import CaptureMetrics
 from inferd.capture.sources import SourceError, frames, redact
-from inferd.client import FramePublisher, InferClient
-from inferd.errors import RequestError, RequestTimeout
 from inferd.service import Notifier, watchdog_interval
 
 log = logging.getLogger("inferd.capture")
@@ -69,14 +68,14 @@ class Capture:
         self.inline = not cfg.live and cfg.pace == "asap"  # send on the decoding thread
         self.slot = Slot(latest=cfg.live or cfg.pace == "realtime")
         self.seq = 0
-        self.client: InferClient | None = None  # to a router endpoint (made in run)
-        self.publisher: FramePublisher | None = None  # to a pull endpoint (made in run)
+        self.link: Link | None = None  # to inferd's pull or router endpoint (made in run)
         self.notifier = Notifier()
         self.sent_any = False
         self.last_sent = 0.0
         self.last_attempt = time.monotonic()  # the decoder's last (re)connection attempt
         self.state = "starting"
         self.exit_code = 0
+        self.failure = ""  # why exit_code is not 0, in a sentence
 
     # ---- decoding ----------------------------------------------------------------------------
 
@@ -99,6 +98,7 @@ class Capture:
                 if not cfg.live or (cfg.kind == "device" and self.state == "starting"):
                     log.error("%s", e)
                     self.exit_code = 1
+                    self.failure = f"{redact(cfg.url)} could not be read (see above)"
                     break
                 self.metrics.reconnects.inc()
                 self._set_state("reconnecting", str(e))
@@ -175,14 +175,6 @@ class Capture:
 
     # ---- sending -----------------------------------------------------------------------------
 
-    def _connect(self) -> None:
-        cfg = self.cfg
-        self.client = InferClient(cfg.to, source=cfg.source) if cfg.to_type == "router" else None
-        self.publisher = FramePublisher(cfg.to, source=cfg.source) if self.client is None else None
-
-    def _disconnect(self) -> None:
-        (self.client or self.publisher).close()
-
     def send_loop(self) -> None:
         """The sender thread (live and realtime sources): the newest frame in the slot, sent."""
         try:
@@ -194,30 +186,17 @@ class Capture:
                     continue
                 self._deliver(*item)
         finally:
-            self._disconnect()
+            self.link.close()
 
     def _deliver(self, frame, wall: float) -> None:
-        self._send(self.client, self.publisher, frame, self.seq, wall)
+        if not self.link.deliver(frame, self.seq, wall):
+            return  # stopping
         self.seq += 1
         self.last_sent = time.monotonic()
         if not self.sent_any:
             self.sent_any = True
             self.notifier.ready(f"streaming {redact(self.cfg.url)} to {self.cfg.to}")
             log.info("first frame sent to %s", self.cfg.to)
-
-    def _send(self, client, publisher, frame, seq: int, wall: float) -> None:
-        if publisher is not None:
-            publisher.send(frame, model=self.cfg.model, seq=seq, ts=wall)
-            self.metrics.sent.inc()
-            return
-        try:
-            client.infer(frame, model=self.cfg.model, seq=seq, ts=wall)
-            self.metrics.sent.inc()
-        except RequestError as e:
-            self.metrics.sent.inc()
-            self.metrics.dropped.labels(e.reason).inc()
-        except RequestTimeout:
-            self.metrics.dropped.labels("no_answer").inc()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -234,7 +213,7 @@ class Capture:
             lambda: time.monotonic() - self.last_sent if self.last_sent else float("nan")
         )
         self.metrics.serve(self.cfg.metrics)
-        self._connect()
+        self.link = Link(self.cfg, self.metrics, self.stop)
         sender = threading.Thread(target=self.send_loop, name="send", daemon=True)
         if not self.inline:
             sender.start()
@@ -254,11 +233,17 @@ class Capture:
             if sender.ident is not None:
                 sender.join(10)
             else:
-                self._disconnect()
+                self.link.close()
             self.notifier.stopping()
+        link = self.link
+        refused = ", ".join(f"{n} {reason}" for reason, n in sorted(link.refused.items()))
         log.info(
-            "stopped: %d frames decoded, %d sent",
-            self.metrics.decoded._value.get(),
-            self.metrics.sent._value.get(),
-        )
+            "stopped: %d frames decoded, %d sent, %d accepted by inferd%s",
+            self.metrics.decoded._value.get(), self.seq, link.accepted,
+            f", refused: {refused}" if refused else "",
+        )  # fmt: skip
+        if not self.cfg.live and link.refused and not link.accepted and not self.exit_code:
+            self.failure = f"inferd refused every frame of {redact(self.cfg.url)} ({link.last_refusal})"
+            log.error("%s", self.failure)
+            self.exit_code = 1
         return self.exit_code

@@ -7,6 +7,7 @@ FFmpeg's swscale, not in Python. Images in a folder are decoded with Pillow. A s
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +89,7 @@ def av_frames(cfg: CaptureConfig) -> Iterator[Frame]:
     try:
         container = av.open(url, format=fmt, options=options, timeout=timeout)
     except (av.error.FFmpegError, OSError) as e:
-        raise SourceError(f"cannot open {redact(cfg.url)}: {e}") from None
+        raise SourceError(f"cannot open {redact(cfg.url)}: {explain_open(cfg, e)}") from None
     try:
         if not container.streams.video:
             raise SourceError(f"{redact(cfg.url)} has no video stream")
@@ -104,6 +105,47 @@ def av_frames(cfg: CaptureConfig) -> Iterator[Frame]:
             raise SourceError(f"{redact(cfg.url)}: {e}") from None
     finally:
         container.close()
+
+
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
+
+
+def reach(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to host:port cannot be made, in words a user can act on; None if it can."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return f"the host {host!r} did not resolve (check the name, or use the IP address)"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(addr)
+        except TimeoutError:
+            return (
+                f"nothing answered at {host}:{port} within {timeout:g} s (off, wrong address, or a firewall)"
+            )
+        except OSError as e:
+            return (
+                f"{host}:{port} refused the connection ({e.strerror or e}: wrong port, or its server is off)"
+            )
+    return None
+
+
+def explain_open(cfg: CaptureConfig, error: Exception) -> str:
+    """FFmpeg's reason for a stream that did not open is often a generic one (EIO, "Invalid data
+    found"): for a network source, find out whether its host resolves and answers."""
+    parts = urlsplit(cfg.url)
+    scheme = parts.scheme.lower()
+    if cfg.kind == "stream" and parts.hostname and scheme in DEFAULT_PORTS:
+        try:
+            port = parts.port or DEFAULT_PORTS[scheme]
+        except ValueError:
+            return f"the port in {redact(cfg.url)} is not a number"
+        why = reach(parts.hostname, port)
+        if why is not None:
+            return why
+    return str(error)
 
 
 def folder_frames(cfg: CaptureConfig, on_error) -> Iterator[Frame]:
