@@ -188,23 +188,32 @@ class InferClient:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         self.curve = use_curve(sock, self.server_key, self.client_key)
-        # the daemon's handshake refusing us (allow_ips, CURVE keys) is an event on this socket:
-        # libzmq then drops the connection for good and says nothing else
-        self._events = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        # what libzmq does without a word is an event on this socket: the daemon's handshake
+        # refusing us (allow_ips, CURVE keys: the connection is then dropped for good), and the
+        # daemon closing the connection (a request in flight then never gets its answer)
+        self._events = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+        )
+        self._handshaken = False  # a handshake with the daemon succeeded on this socket
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._events, zmq.POLLIN)
         self._refused: str | None = None
+        self._lost = False  # the connection closed since the last request was sent
         sock.connect(self.endpoint)
         return sock
 
     def _check_refused(self) -> str | None:
-        """Why the daemon refused this client, once its handshake said so."""
+        """Why the daemon refused this client, once its handshake said so (reads the events)."""
         from zmq.utils.monitor import recv_monitor_message
 
         while self._refused is None and self._events.poll(0):
             event = recv_monitor_message(self._events)
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._lost = True
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshaken = True
+            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._refused = (
                     f"{self.endpoint} refused this client at the handshake (ZAP status "
                     f"{event['value']}): its address is not in the endpoint's allow_ips"
@@ -236,8 +245,12 @@ class InferClient:
             frame, source or self.source, next(self._seq) if seq is None else seq, model, ts, rid, deadline
         )
         end = time.monotonic() + timeout
+        self._check_refused()
+        self._lost = False  # a connection closed before this request is no news about it
         sent = self._send(msg, end, cancel)
         while sent and (left := end - time.monotonic()) > 0 and self._check_refused() is None:
+            if self._lost:
+                break
             if cancel is not None:
                 if cancel.is_set():
                     break
@@ -251,7 +264,7 @@ class InferClient:
             if result.id == rid:
                 return result.raise_for_status()
             # a late answer to an earlier request that timed out: ignore it
-        refused = self._check_refused()
+        refused, lost, handshaken = self._check_refused(), self._lost, self._handshaken
         # reset the socket so a late reply or a queued request cannot confuse the next call
         self._close_socket()
         self._socket = self._connect()
@@ -259,18 +272,29 @@ class InferClient:
             raise ConnectionRefused(refused)
         if cancel is not None and cancel.is_set():
             raise RequestTimeout(f"cancelled while waiting for {self.endpoint}")
+        size = sum(len(memoryview(p)) for p in msg)
+        if lost and not handshaken:
+            why = (
+                "a wrong server key (the daemon's NAME.key), or a client key the daemon does not allow"
+                if self.curve
+                else "it wants CURVE (give server_key and client_key), or it is not an inferd endpoint"
+            )
+            raise RequestTimeout(f"{self.endpoint} failed the handshake: {why}", "disconnected")
+        if lost:
+            why = (
+                f"this {size / 1e6:.1f} MB request is over libzmq's hard limit there (4x the "
+                "endpoint's max_message_bytes, 64 MiB by default), which cuts it off unread"
+                if size > HARD_LIMIT_HINT_BYTES
+                else "it stopped or restarted"
+            )
+            raise RequestTimeout(
+                f"{self.endpoint} closed the connection before answering: {why}", "disconnected"
+            )
         hint = (
             " (CURVE: a wrong server key or a client key the daemon does not allow fails silently)"
             if self.curve
             else ""
         )
-        size = sum(len(memoryview(p)) for p in msg)
-        if size > HARD_LIMIT_HINT_BYTES:
-            hint += (
-                f" (the request was {size / 1e6:.1f} MB: if that is over 4x the endpoint's"
-                " max_message_bytes, 64 MiB by default, ZeroMQ cuts the connection before inferd"
-                " can read or answer it)"
-            )
         raise RequestTimeout(f"no answer from {self.endpoint} within {timeout:.3g} s{hint}")
 
     def _send(self, msg: list, end: float, cancel: threading.Event | None) -> bool:
@@ -284,6 +308,8 @@ class InferClient:
             except zmq.Again:
                 left = end - time.monotonic()
                 if left <= 0 or (cancel is not None and cancel.is_set()) or self._check_refused():
+                    return False
+                if self._lost and not self._handshaken:  # its handshake failed: none will come
                     return False
                 zmq.select([self._events], [self._socket], [], min(left, 0.1))
 

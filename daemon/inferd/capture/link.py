@@ -90,11 +90,18 @@ class Link:
         t0 = time.monotonic()
         try:
             self.client.infer(frame, model=self.cfg.model, seq=seq, ts=wall, cancel=self.stop)
-        except RequestTimeout:
+        except RequestTimeout as e:
             if self.stop.is_set():
                 return False
-            self.metrics.dropped.labels("no_answer").inc()
-            self._waiting(t0)
+            if e.reason == "timeout":
+                self.metrics.dropped.labels("no_answer").inc()
+                self._waiting(t0)
+                return True
+            # refused at the handshake (allow_ips, CURVE) or the connection closed: say why, and
+            # do not knock again at once (each attempt is a new connection)
+            self.metrics.dropped.labels(e.reason).inc()
+            self._log_refusal(e)
+            self.stop.wait(1.0)
             return True
         except RequestError as e:
             self._flowing()
@@ -143,7 +150,8 @@ class Link:
             self._logged[e.reason] = (last, suppressed + 1)
             return
         more = f" (+{suppressed} more since)" if suppressed else ""
-        log.warning("inferd refused a frame: %s%s", e, more)
+        what = "a frame" if not isinstance(e, RequestTimeout) else "the connection"
+        log.warning("inferd refused %s: %s%s", what, e, more)
         self._logged[e.reason] = (now, 0)
 
     def close(self) -> None:
