@@ -86,6 +86,13 @@ class Capture:
                     "%s: %s%s", redact(self.cfg.url), state, f" ({detail})" if detail else "")  # fmt: skip
             self.notifier.status(f"{state}: {redact(self.cfg.url)}")
 
+    def _decode(self, failed: list) -> None:
+        try:
+            self.decode_loop()
+        except BaseException as e:  # handed to run(), which raises it in the main thread
+            failed.append(e)
+            self.decoded_all.set()
+
     def decode_loop(self) -> None:
         cfg, backoff = self.cfg, 0.5
         while not self.stop.is_set():
@@ -223,18 +230,27 @@ class Capture:
                 target=self.watchdog_loop, args=(interval,), name="watchdog", daemon=True
             )
             pinger.start()
+        # the decoder has its own thread: one stuck inside FFmpeg (opening a stream that does not
+        # answer, a DNS lookup) must not keep a stop request waiting; this thread only waits
+        failed: list[BaseException] = []
+        decoder = threading.Thread(target=self._decode, args=(failed,), name="decode", daemon=True)
+        decoder.start()
         try:
-            self.decode_loop()
+            while decoder.is_alive() and not self.stop.is_set():
+                decoder.join(0.1)
             while sender.is_alive() and not self.stop.is_set():  # the last frames of a file
-                sender.join(0.2)
+                sender.join(0.1)
         finally:
             self.stop.set()
             self.slot.close()
+            decoder.join(1.0)  # one still inside FFmpeg is left behind: the process ends anyway
             if sender.ident is not None:
                 sender.join(10)
-            else:
+            elif not decoder.is_alive():  # the link is the decoder's (inline): close it after it
                 self.link.close()
             self.notifier.stopping()
+        if failed:
+            raise failed[0]
         link = self.link
         refused = ", ".join(f"{n} {reason}" for reason, n in sorted(link.refused.items()))
         log.info(
