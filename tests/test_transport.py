@@ -10,6 +10,7 @@ import zmq
 
 from inferd.client import InferClient, ResultSubscriber
 from inferd.errors import RequestError, RequestTimeout
+from inferd.ipc import unlink_ipc
 from inferd.transport import HARD_LIMIT_FACTOR
 from tests.daemon_harness import DaemonProcess, raw_header
 
@@ -139,6 +140,8 @@ def test_an_ipc_path_a_live_daemon_serves_is_refused_and_a_stale_one_reused(tmp_
             push.send_multipart([raw_header(TENSOR, model="raw", source="cam"), TENSOR])
             assert results.recv(30).ok
             push.close()
+        unlink_ipc(f"ipc://{shared}/frames.sock")  # from this process: not its socket to remove
+        assert (shared / "frames.sock").exists()
     finally:
         assert first.stop() == 0
     assert not (shared / "frames.sock").exists()  # its own files removed at exit

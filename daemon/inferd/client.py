@@ -203,8 +203,9 @@ class InferClient:
         sock.connect(self.endpoint)
         return sock
 
-    def _check_refused(self) -> str | None:
-        """Why the daemon refused this client, once its handshake said so (reads the events)."""
+    def _read_events(self) -> str | None:
+        """Read the socket's events (refused, disconnected, handshake done); why the daemon
+        refused this client, once its handshake said so."""
         from zmq.utils.monitor import recv_monitor_message
 
         while self._refused is None and self._events.poll(0):
@@ -245,17 +246,18 @@ class InferClient:
             frame, source or self.source, next(self._seq) if seq is None else seq, model, ts, rid, deadline
         )
         end = time.monotonic() + timeout
-        self._check_refused()
+        self._read_events()
         self._lost = False  # a connection closed before this request is no news about it
         sent = self._send(msg, end, cancel)
-        while sent and (left := end - time.monotonic()) > 0 and self._check_refused() is None:
-            if self._lost:
-                break
+        while sent and (left := end - time.monotonic()) > 0:
             if cancel is not None:
                 if cancel.is_set():
                     break
                 left = min(left, 0.1)
-            if self._socket not in dict(self._poller.poll(left * 1000)):
+            ready = dict(self._poller.poll(left * 1000))
+            if self._events in ready and (self._read_events() is not None or self._lost):
+                break  # refused, or the connection closed: this request gets no answer
+            if self._socket not in ready:
                 continue
             parts = self._socket.recv_multipart(copy=False)
             if parts and len(parts[0]) == 0:
@@ -264,7 +266,7 @@ class InferClient:
             if result.id == rid:
                 return result.raise_for_status()
             # a late answer to an earlier request that timed out: ignore it
-        refused, lost, handshaken = self._check_refused(), self._lost, self._handshaken
+        refused, lost, handshaken = self._read_events(), self._lost, self._handshaken
         # reset the socket so a late reply or a queued request cannot confuse the next call
         self._close_socket()
         self._socket = self._connect()
@@ -307,7 +309,7 @@ class InferClient:
                 return True
             except zmq.Again:
                 left = end - time.monotonic()
-                if left <= 0 or (cancel is not None and cancel.is_set()) or self._check_refused():
+                if left <= 0 or (cancel is not None and cancel.is_set()) or self._read_events():
                     return False
                 if self._lost and not self._handshaken:  # its handshake failed: none will come
                     return False

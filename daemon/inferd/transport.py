@@ -189,7 +189,7 @@ class Transport:
     def _socket(self, ep: EndpointConfig, eid: int = 0) -> zmq.Socket:
         kind = {"pull": zmq.PULL, "sub": zmq.SUB, "router": zmq.ROUTER, "frigate": zmq.ROUTER}[ep.type]
         sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.MAXMSGSIZE, ep.max_message_bytes * HARD_LIMIT_FACTOR)
+        sock.setsockopt(zmq.MAXMSGSIZE, min(ep.max_message_bytes * HARD_LIMIT_FACTOR, 2**62))
         sock.setsockopt(zmq.RCVHWM, ep.rcvhwm)
         sock.setsockopt(zmq.LINGER, 0)
         if ep.type in ("router", "frigate"):

@@ -102,6 +102,9 @@ def test_mistakes_get_clear_answers(tmp_path):
     proc = capture("--url", "nosuch://foo", "--to", "ipc:///tmp/x.sock")
     assert proc.returncode == 1 and "unknown URL scheme 'nosuch'" in proc.stderr
     assert "supported: rtsp, rtsps, rtmp, http, https" in proc.stderr
+    from inferd.capture.config import load_capture_config
+
+    assert load_capture_config(None, {"url": "x.mp4", "to": "tcp://[::1]:5556"}).to == "tcp://[::1]:5556"
     proc = capture("--to", "ipc:///tmp/x.sock")
     assert proc.returncode == 1 and "no --url" in proc.stderr
     cfg = tmp_path / "cam.yaml"

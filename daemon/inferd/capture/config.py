@@ -64,7 +64,7 @@ class CaptureConfig(Strict):
     @field_validator("to")
     @classmethod
     def _to(cls, v: str) -> str:
-        if not re.match(r"^(tcp://[^:/]+:\d+|ipc://.+)$", v):
+        if not re.match(r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):\d+|ipc://.+)$", v):
             raise ValueError(f"--to takes {TO_HINT}; got {v!r}")
         return v
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from inferd.capture.metrics import CaptureMetrics
 from inferd.capture.sources import reach
 from inferd.client import FramePublisher, InferClient
 from inferd.errors import RequestError, RequestTimeout
+from inferd.ipc import ipc_listener
 
 log = logging.getLogger("inferd.capture")
 
@@ -41,12 +41,8 @@ def probe(address: str, timeout: float = 2.0) -> str | None:
             return "nothing listens on that abstract socket"
         if not os.path.exists(path):
             return f"no socket file {path} (is inferd running with that endpoint?)"
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            try:
-                s.connect(path)
-            except OSError as e:
-                return f"nothing listens on {path} ({e.strerror or e}: a stale socket file?)"
+        if ipc_listener(path) is None:
+            return f"nothing listens on {path} (a stale socket file?)"
         return None
     parts = urlsplit(address)
     return reach(parts.hostname or "", parts.port or 0, timeout)
