@@ -99,6 +99,7 @@ models:
     path: {slow}
     threads: 1
     warmup: 1
+    workers: threads  # a hung worker thread stops the watchdog (a hung process is replaced: test_workers.py)
 endpoints:
   - {type: router, bind: "{router}", max_message_bytes: 40000000}
   - {type: pull, bind: "{pull}"}

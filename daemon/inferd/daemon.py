@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -12,10 +13,11 @@ from pathlib import Path
 import zmq
 
 from inferd.config import Config, ModelConfig, load_config
+from inferd.engine.procs import Hub, WorkerPool
 from inferd.errors import InferdError, ModelLoadError
 from inferd.health import HttpServer
 from inferd.metrics import Metrics
-from inferd.models import Model, file_sha256, load_instances, log_failure, resolve_path
+from inferd.models import Model, file_sha256, load_instances, load_model, log_failure, resolve_path
 from inferd.pipeline import ModelQueue, SourcePolicies, Worker
 from inferd.replies import Replies
 from inferd.routing import Dispatcher
@@ -51,7 +53,10 @@ class Daemon:
         self.models: dict[str, list[Model]] = {}  # name -> instances (ONNX: one shared session)
         self.failed: dict[str, ModelLoadError] = {}
         self.queues: dict[str, ModelQueue] = {}
-        self.workers: dict[str, list[Worker]] = {}
+        self.workers: dict[str, list[Worker]] = {}  # worker threads of thread-served models
+        self.pools: dict[str, WorkerPool] = {}  # process-served models
+        self.hub: Hub | None = None
+        self._old_pools: list[WorkerPool] = []  # retired by a reload, finishing their frames
         self.policies = SourcePolicies(config.sources)
         self.replies = Replies(self.ctx, self.metrics)
         self.transport: Transport | None = None
@@ -76,7 +81,10 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.name}")
             self.notifier.extend_timeout(LOAD_TIMEOUT_S)
             try:
-                loaded[cfg.name] = load_instances(cfg, base_dir, runtime_level)
+                if cfg.in_processes:  # checked and described here, run by the worker processes
+                    loaded[cfg.name] = [load_model(cfg, base_dir, runtime_level, warmup=0)]
+                else:
+                    loaded[cfg.name] = load_instances(cfg, base_dir, runtime_level)
             except ModelLoadError as e:
                 log_failure(cfg, e)
                 failed[cfg.name] = e
@@ -86,14 +94,58 @@ class Daemon:
         self.failed.update(failed)
         return loaded
 
-    def _serve(self, name: str, instances: list[Model]) -> tuple[ModelQueue, list[Worker]]:
-        """A queue and its (not yet started) workers for a loaded model."""
+    def _serve(
+        self, name: str, instances: list[Model], base_dir: Path
+    ) -> tuple[ModelQueue, list[Worker] | WorkerPool]:
+        """A queue and its (not yet started) worker threads, or its worker processes (started:
+        raises ModelLoadError when one cannot load the model)."""
+        model = instances[0]
+        if model.cfg.in_processes:
+            q = ModelQueue(name, self.policies, self._dropped(name))  # the IO thread takes, and retries
+            if self.hub is None:
+                self.hub = Hub(self.ctx, self.metrics)
+            pool = WorkerPool(
+                model, q, self.replies, self.metrics, self.policies, self._worker_spec(base_dir),
+                self.config.service.hang_after_s,
+            )  # fmt: skip
+            self.notifier.extend_timeout(LOAD_TIMEOUT_S)
+            pool.start()
+            model.close()  # the daemon's own session only checked and described the model
+            self.metrics.model_up(model)
+            return q, pool
         q = ModelQueue(name, self.policies, self._dropped(name), on_room=self.replies.wake)
         workers = [
             Worker(m, q, self.replies, self.metrics, self.policies, i) for i, m in enumerate(instances)
         ]
-        self.metrics.model_up(instances[0])
+        self.metrics.model_up(model)
         return q, workers
+
+    def _worker_spec(self, base_dir: Path) -> dict:
+        """What every worker process is told besides its model (engine/child.py)."""
+        return {
+            "hub": self.hub.address,
+            "base_dir": str(base_dir),
+            "runtime_level": self.config.logging.runtime_level,
+            "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
+            "buckets": list(self.config.metrics.latency_buckets or []),
+        }
+
+    def _not_served(self, name: str, instances: list[Model], error: ModelLoadError) -> None:
+        """A model whose worker processes could not load it: failed like a model that did not load."""
+        cfg = instances[0].cfg
+        close_all({name: instances})
+        self.models.pop(name, None)
+        log_failure(cfg, error)
+        if cfg.required:
+            raise error
+        self.failed[name] = error
+        self.metrics.model_loaded.labels(name).set(0)
+
+    def _keep(self, name: str, served: list[Worker] | WorkerPool) -> None:
+        if isinstance(served, WorkerPool):
+            self.pools[name] = served
+        else:
+            self.workers[name] = served
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -122,12 +174,20 @@ class Daemon:
             self.metrics.model_loaded.labels(name).set(0)
         if self.failed:
             log.warning("running degraded: optional model(s) not loaded: %s", ", ".join(sorted(self.failed)))
-        for name, instances in self.models.items():
-            self.queues[name], self.workers[name] = self._serve(name, instances)
+        for name, instances in list(self.models.items()):
+            try:
+                self.queues[name], served = self._serve(name, instances, self.base_dir)
+            except ModelLoadError as e:
+                self._not_served(name, instances, e)
+                continue
+            self._keep(name, served)
         dispatcher = Dispatcher(self.config, self.queues, self.replies, self.policies)
         if needs_auth(self.config):
             self.start_auth()
         self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics, self.auth)
+        self.transport.hub = self.hub
+        for pool in self.pools.values():
+            self.hub.add(pool)
         self.transport.bind()
         if self.config.mqtt is not None:
             self.replies.sink = self._mqtt(self.config)
@@ -223,18 +283,41 @@ class Daemon:
         self.policies.update(config.sources)
         queues = {name: self.queues[name] for name in keep}
         new_workers: dict[str, list[Worker]] = {}
-        for name, instances in loaded.items():
-            queues[name], new_workers[name] = self._serve(name, instances)
+        new_pools: dict[str, WorkerPool] = {}
+        try:
+            for name, instances in loaded.items():
+                queues[name], served = self._serve(name, instances, base_dir)
+                if isinstance(served, WorkerPool):
+                    new_pools[name] = served
+                else:
+                    new_workers[name] = served
+        except ModelLoadError:
+            for pool in new_pools.values():
+                pool.close()
+            close_all(loaded)
+            self.failed = previous_failed
+            raise
+        hub = self.hub
+
+        def swap() -> list[str]:
+            added = self.transport.reconfigure(config, dispatcher)
+            self.transport.hub = hub
+            for pool in new_pools.values():
+                hub.add(pool)
+            return added
+
         dispatcher = Dispatcher(config, queues, self.replies, self.policies)
         if needs_auth(config):
             self.start_auth()
             self.transport.auth = self.auth
         try:
-            added = self.transport.call(lambda: self.transport.reconfigure(config, dispatcher))
+            added = self.transport.call(swap)
         except (OSError, TimeoutError):
             for workers in new_workers.values():
                 for w in workers:
                     w.queue.close()
+            for pool in new_pools.values():
+                pool.close()
             close_all(loaded)
             self.failed = previous_failed
             raise
@@ -242,7 +325,9 @@ class Daemon:
         retired = {n: q for n, q in self.queues.items() if queues.get(n) is not q}
         old_models = {n: self.models[n] for n in retired if n in self.models}
         old_workers = {n: self.workers.pop(n, []) for n in retired}
+        old_pools = {n: self.pools.pop(n) for n in retired if n in self.pools}
         self.workers.update(new_workers)
+        self.pools.update(new_pools)
         for workers in new_workers.values():
             for w in workers:
                 w.start()
@@ -256,7 +341,7 @@ class Daemon:
         if added:
             log.info("new endpoints: %s", ", ".join(added))
         self._reload_mqtt(old_config, config, set(retired) - set(queues), sink)
-        self._retire(retired, old_workers, old_models)
+        self._retire(retired, old_workers, old_models, old_pools)
 
     def _reload_mqtt(self, old: Config, new: Config, removed: set[str], fresh) -> None:
         """Entities of removed models leave Home Assistant; a changed `mqtt:` section reconnects
@@ -278,7 +363,7 @@ class Daemon:
             self.replies.sink = fresh
             log.info("mqtt: now publishing to %s", new.mqtt.broker)
 
-    def _retire(self, queues: dict[str, ModelQueue], workers: dict, models: dict) -> None:
+    def _retire(self, queues: dict[str, ModelQueue], workers: dict, models: dict, pools: dict) -> None:
         """Let replaced models finish their queued frames in the background, then close them."""
         for q in queues.values():
             q.close()
@@ -287,6 +372,13 @@ class Daemon:
             for ws in workers.values():
                 for w in ws:
                     w.join()
+            for pool in pools.values():
+                self._old_pools.append(pool)
+                pool.join(None)
+                if self.transport is not None and not self.transport.stopped.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        self.transport.call(lambda p=pool: self.hub.remove(p))
+                pool.close()
             close_all(models)
             log.info("retired model(s): %s", ", ".join(sorted(queues)) or "-")
 
@@ -296,8 +388,10 @@ class Daemon:
 
     # ---- health ------------------------------------------------------------------------------
 
-    def all_workers(self) -> list[Worker]:
-        return [w for ws in list(self.workers.values()) for w in ws]
+    def all_workers(self) -> list:
+        """Worker threads and worker processes (procs.WorkerProcess looks like a Worker here)."""
+        threads = [w for ws in list(self.workers.values()) for w in ws]
+        return threads + [w for p in list(self.pools.values()) for w in p.workers]
 
     def queue_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
@@ -381,24 +475,38 @@ class Daemon:
         for q in self.queues.values():
             q.close()
         deadline = time.monotonic() + drain_timeout
-        for w in self.all_workers():
+        threads = [w for ws in self.workers.values() for w in ws]
+        pools = [*self.pools.values(), *self._old_pools]
+        for w in threads:
             if w.ident is not None:
                 w.join(max(0.0, deadline - time.monotonic()))
+        for pool in pools:
+            pool.join(max(0.0, deadline - time.monotonic()))
         for name, q in self.queues.items():
             for frame, reason in q.remove_if(lambda f: "shutdown"):
                 self.replies.drop(frame, name, reason)
-        for w in self.all_workers():  # still inside an inference after the drain time: answer now
+        for w in threads:  # still inside an inference after the drain time: answer now
             frames = w.current
             if w.is_alive() and frames:
                 w.abandoned = True
                 for frame in frames:
                     self.replies.drop(frame, w.model.name, "shutdown")
+        if pools and self.io_thread is not None and self.io_thread.is_alive():
+            try:  # what worker processes still hold is answered by the IO thread, which owns them
+                self.transport.call(lambda: [p.abandon() for p in pools])
+            except TimeoutError:
+                log.warning("the IO thread did not answer; frames held by worker processes are lost")
         self.replies.release()  # this thread's socket: the shutdown answers above are in the outbox
         if self.transport is not None:
             self.transport.close()
             if self.io_thread is not None:
                 self.io_thread.join(5.0)
             self.transport.close_sockets()
+        for pool in pools:
+            pool.close()
+            pool.drained.set()  # a retiring pool's thread stops waiting
+        if self.hub is not None:
+            self.hub.close()
         if self.replies.sink is not None:
             self.replies.sink.stop()
             self.replies.sink = None
@@ -422,8 +530,8 @@ class Daemon:
 
     @property
     def busy(self) -> bool:
-        """True when a worker is still inside an inference (after stop: exit without cleanup)."""
-        return any(w.is_alive() for w in self.all_workers())
+        """True when a worker thread is still inside an inference (after stop: exit without cleanup)."""
+        return any(w.is_alive() for ws in self.workers.values() for w in ws)
 
 
 def reachability_problems(config: Config) -> list[str]:

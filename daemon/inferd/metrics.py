@@ -163,6 +163,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "inferd_worker_restarts",
+            "Worker processes restarted after they died (crash, OOM kill), by model.",
+            ["model"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
         if sysfs is not None:
             r.register(DeviceCollector(sysfs))

@@ -194,6 +194,11 @@ class Model:
             "warm_latency_ms": _ms(self.warmup_seconds),
         }
 
+    def keeps_state(self) -> bool:
+        """Whether results depend on the source's earlier frames (smoothing): then one worker
+        process serves all of a source's frames."""
+        return getattr(self.postprocess, "smoother", None) is not None
+
     def close(self) -> None:
         self.backend.close()
 
@@ -202,8 +207,11 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 4)
 
 
-def load_model(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning") -> Model:
-    """Check the file, load it in its runtime, build pre/postprocessing, warm it up."""
+def load_model(
+    cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning", warmup: int | None = None
+) -> Model:
+    """Check the file, load it in its runtime, build pre/postprocessing, warm it up (`warmup`
+    runs: the config's unless given)."""
     t0 = time.perf_counter()
     path = resolve_path(cfg.path, base_dir)
     if not path.exists():
@@ -230,7 +238,7 @@ def load_model(cfg: ModelConfig, base_dir: Path, runtime_level: str = "warning")
         raise ModelLoadError(cfg.name, str(e).removeprefix(f"model {cfg.name!r}: ")) from None
     model = Model(cfg.name, cfg, path, digest, backend, labels, pres, post)
     try:
-        model.warm(cfg.warmup)
+        model.warm(cfg.warmup if warmup is None else warmup)
     except Exception as e:
         backend.close()
         raise ModelLoadError(cfg.name, f"warm-up inference failed: {e}") from None

@@ -20,6 +20,7 @@ import numpy as np
 from inferd.config import SourceConfig
 from inferd.errors import FrameError, InferenceError
 from inferd.protocol import FrameHeader, decode_payload
+from inferd.service import name_os_thread
 
 log = logging.getLogger("inferd.pipeline")
 _DECODE_LOCK = threading.Lock()  # JPEG/PNG frames shared by several models are decoded once
@@ -37,6 +38,7 @@ class Frame:
     max_elements: int | None = None
     arrays: list[np.ndarray] | None = None
     codec: Any = None  # a foreign protocol's reply encoder (frigate.py); None: inferd's own replies
+    raw_header: Any = None  # the header as received (handed on to a worker process as it is)
 
     @property
     def source(self) -> str:
@@ -147,6 +149,31 @@ class ModelQueue:
             self.on_room()  # the IO thread holds a frame for this queue: it can put it now
         return frame
 
+    def take_nowait(self, accept: Callable[[str], bool] | None = None) -> Frame | None:
+        """The next frame without waiting, fairly across sources (the IO thread feeds worker
+        processes with it); `accept` limits it to some sources (a worker's own, when the model keeps
+        state per source). None when nothing acceptable is queued."""
+        with self._cond:
+            ready = self._ready
+            if not ready:
+                return None
+            if accept is None:
+                source = ready.popleft()
+            else:
+                for i, source in enumerate(ready):
+                    if accept(source):
+                        del ready[i]
+                        break
+                else:
+                    return None
+            q = self._queues[source]
+            frame = q.popleft()
+            self.size -= 1
+            if q:
+                ready.append(source)
+            self._refused = False  # the caller (the IO thread) retries its held frames itself
+        return frame
+
     def take_batch(self, max_batch: int, max_delay: float, timeout: float) -> list[Frame]:
         """Up to `max_batch` frames, fairly across sources: the first waits up to `timeout`, the
         rest up to `max_delay` after it (frames already queued are taken at once)."""
@@ -248,6 +275,7 @@ class Worker(threading.Thread):
         self._err = metrics.inferences.labels(m, "error")
 
     def run(self) -> None:
+        name_os_thread(f"inferd:{self.model.name}")
         try:
             self._loop()
         finally:

@@ -18,7 +18,7 @@ import zmq
 
 from inferd.pipeline import Frame, Timings
 from inferd.postprocess import PARTS
-from inferd.protocol import VERSION, encode_header, tensor_specs
+from inferd.protocol import VERSION, decode_tensors, encode_header, tensor_specs
 
 log = logging.getLogger("inferd.transport")
 
@@ -206,11 +206,29 @@ class Replies:
                 self._counters[(metric, source, reason)] = child
         child.inc()
 
-    def drop(self, frame: Frame, model: str, reason: str) -> None:
-        """A valid frame not served (queue full, stale, deadline, shutdown); a router peer is answered."""
+    def drop(self, frame: Frame, model: str, reason: str, message: str | None = None) -> None:
+        """A valid frame not served (queue full, stale, deadline, shutdown, worker_died); a router
+        peer is answered."""
         self._count(self.metrics.frames_dropped, frame.source, reason)
         if frame.reply_to is not None:
-            self._frame_error(frame, model, reason, f"frame dropped: {reason}")
+            self._frame_error(frame, model, reason, message or f"frame dropped: {reason}")
+
+    def forward_result(self, frame: Frame, model: str, parts: list) -> None:
+        """A streamed frame's result as a worker process encoded it: [topic, header, tensors...]
+        (IO thread). The MQTT sink reads it back from the wire form."""
+        sink = self.sink
+        if sink is not None:
+            offer_wire(sink, model, frame, parts)
+        with self.pub_lock:
+            pub = self.pub
+            if pub is not None:
+                try:
+                    pub.send(parts[0], _MORE, copy=False)
+                except zmq.Again:
+                    return
+                for part in parts[1:-1]:
+                    pub.send(part, _MORE, copy=False)
+                pub.send(parts[-1], _LAST, copy=False)
 
     def error(self, frame: Frame, model: str, reason: str, message: str) -> None:
         """A valid frame the model failed on."""
@@ -225,3 +243,13 @@ class Replies:
                 self._sockets.remove(sock)
             sock.close(linger=1000)
             self._local.sock = None
+
+
+def offer_wire(sink, model: str, frame: Frame, parts: list) -> None:
+    """Offer the MQTT sink a result in its wire form (from a worker process)."""
+    head = json.loads(parts[1].bytes)
+    decoded = head.get("result")
+    outputs = decode_tensors(head["outputs"], [p.buffer for p in parts[2:]]) if decoded is None else []
+    h = frame.header
+    latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
+    sink.offer(model, h.source, h, decoded, outputs, latency)

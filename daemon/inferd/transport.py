@@ -30,6 +30,7 @@ from inferd.protocol import decode_header, decode_payload
 from inferd.publisher import answer_hellos, bind_results
 from inferd.replies import OUTBOX, Replies
 from inferd.security import load_secret, secure_ipc
+from inferd.service import name_os_thread
 
 log = logging.getLogger("inferd.transport")
 
@@ -139,6 +140,7 @@ class Transport:
         self._next_id = 0
         self._io_thread: int | None = None
         self.last_loop = time.monotonic()
+        self.hub = None  # engine.procs.Hub: worker processes, fed and answered by the IO thread
 
     def bind(self) -> None:
         self.outbox = self.ctx.socket(zmq.PULL)
@@ -303,11 +305,13 @@ class Transport:
     # ---- the IO loop -------------------------------------------------------------------------
 
     def run(self) -> None:
+        name_os_thread("inferd-io")  # benchmarks/cores.py reads this thread's CPU time
         self._io_thread = threading.get_ident()
         for ep in self.endpoints.values():
             ep.io_thread = self._io_thread
         poller = zmq.Poller()
         poller.register(self.outbox, zmq.POLLIN)
+        hub = None
         polled: dict[int, Any] = {}  # endpoint id -> what is registered (its FD, or its socket)
         last_sweep = time.monotonic()
         more: set[int] = set()  # endpoints to read without waiting for their FD (see _due)
@@ -315,6 +319,9 @@ class Transport:
             self.last_loop = now = time.monotonic()
             while not self._calls.empty():
                 self._calls.get()()
+            if self.hub is not hub:  # the first model served by worker processes came with a reload
+                hub = self.hub
+                poller.register(hub.sock, zmq.POLLIN)
             # endpoints with a frame waiting for room in a fifo queue are not read (backpressure);
             # while stopping every endpoint is read, and what arrives is answered `shutdown`
             want = {i: e.watch for i, e in self.endpoints.items() if i not in self._pending}
@@ -331,6 +338,8 @@ class Transport:
             due = more if events else set(polled)
             if self.outbox in events:
                 due |= self._forward()
+            if hub is not None and hub.sock in events:
+                hub.read()
             more = set()
             for i, item in polled.items():
                 # a ROUTER's FD is edge-triggered: it is read when its FD fires, when a worker's
@@ -338,10 +347,16 @@ class Transport:
                 # found nothing after its budget ran out or a held-back frame was let in
                 if (item in events or i in due) and self._receive(self.endpoints[i]):
                     more.add(i)
+            if hub is not None:
+                hub.pump()
             if self._pending:
                 more |= self._retry_pending()
+                if hub is not None:
+                    hub.pump()
             if now - last_sweep >= SWEEP_S:
                 last_sweep = now
+                if hub is not None:
+                    hub.sweep(now)
                 self.dispatcher.expire()
                 answer_hellos(self.replies.pub, self.replies.pub_lock)
         while not self._calls.empty():
@@ -407,7 +422,9 @@ class Transport:
                 )
                 return
             self._sources.add(source)
-        frame = Frame(header, [], time.monotonic(), time.time(), reply_to, cfg.max_elements)
+        frame = Frame(
+            header, [], time.monotonic(), time.time(), reply_to, cfg.max_elements, raw_header=parts[0]
+        )
         self._count_received(source)
         payloads = parts[1:]
         try:

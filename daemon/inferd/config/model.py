@@ -235,8 +235,24 @@ class ModelConfig(Strict):
     instances: int = Field(
         1,
         ge=1,
-        description="Worker threads running this model in parallel (TFLite: one interpreter each).",
+        description="Instances running this model in parallel (each its own session or interpreter).",
     )
+    workers: Literal["auto", "threads", "processes"] = Field(
+        "auto",
+        description="Where instances run: processes (each its own interpreter, so the daemon's work "
+        "per frame uses as many cores as there are instances), threads (one process, lighter), or "
+        "auto: processes when instances > 1.",
+    )
+
+    @property
+    def in_processes(self) -> bool:
+        """Whether this model's instances run in worker processes. INFERD_WORKERS=processes or
+        threads decides for `auto` (to run a test suite or a diagnosis one way or the other)."""
+        mode = self.workers
+        if mode == "auto":
+            mode = os.environ.get("INFERD_WORKERS", "auto")
+        return mode == "processes" or (mode == "auto" and self.instances > 1)
+
     sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$", description="Refuse to load the file unless it has this digest."
     )

@@ -1,0 +1,1 @@
+"""Models run: worker processes and what they share with the daemon (slots, tallies)."""

@@ -1,0 +1,230 @@
+"""A worker process: one model instance in its own interpreter (`python -m inferd.engine.child`).
+
+Started by the daemon (procs.py) with its model config in INFERD_WORKER, its slots as inherited
+memfds and a pipe to say it loaded. It takes frames from the daemon's ROUTER, runs them through
+the same `Worker.process` as a worker thread (checks, preprocessing, runtime, postprocessing,
+result encoding) and sends each frame's answer back; the daemon forwards it and frees the slot.
+It ignores SIGTERM/SIGINT/SIGHUP (systemd signals the whole unit: the daemon decides when its
+workers stop, after the drain) and dies with the daemon (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from inferd.engine import messages as m
+from inferd.engine.slots import SlotReader
+from inferd.engine.tally import Tally
+from inferd.errors import InferdError
+from inferd.frigate import FrigateCodec
+from inferd.pipeline import Frame, Worker
+from inferd.protocol import decode_header
+from inferd.replies import Replies
+from inferd.service import name_os_thread
+
+log = logging.getLogger("inferd.worker")
+FLUSH_S = 0.1  # metrics reach the daemon at least this often while busy (and at once when idle)
+BEAT_S = 1.0  # an idle worker says it is alive this often (the daemon's /healthz sees a stopped one)
+
+
+class _Answer:
+    """A frame's `reply_to` in a worker: what the frame's answer becomes on the way back."""
+
+    __slots__ = ("out", "token", "topic")
+
+    def __init__(self, token: int, topic: bytes | None, out: list) -> None:
+        self.token, self.topic, self.out = token, topic, out
+
+    def reply(self, parts: list) -> None:
+        if self.topic is None:
+            self.out.append([m.TOKEN.pack(m.REPLY, self.token), *parts])
+        else:
+            self.out.append([m.TOKEN.pack(m.RESULT, self.token), self.topic, *parts])
+
+
+class Relay(Replies):
+    """Replies that go back to the daemon: results and answers built here, counted there."""
+
+    def __init__(self, tally: Tally) -> None:
+        super().__init__(None, tally)
+
+    def _tell(self, kind: bytes, frame: Frame, reason: str, message: str) -> None:
+        answer = frame.reply_to[0]
+        answer.out.append([m.TOKEN.pack(kind, answer.token), reason.encode(), message.encode()])
+
+    def drop(self, frame: Frame, model: str, reason: str) -> None:
+        self._tell(m.DROP, frame, reason, "")
+
+    def reject(self, frame: Frame, model: str, reason: str, message: str) -> None:
+        self._tell(m.REJECT, frame, reason, message)
+
+    def error(self, frame: Frame, model: str, reason: str, message: str) -> None:
+        self._tell(m.ERROR, frame, reason, message)
+
+    def release(self) -> None:
+        pass
+
+
+class _Policy:
+    __slots__ = ("max_age_ms",)
+
+    def __init__(self) -> None:
+        self.max_age_ms: float | None = None
+
+
+class _Policies:
+    """The daemon sends each frame's max_age_ms with it (its `sources:` may change on reload)."""
+
+    def __init__(self) -> None:
+        self.policy = _Policy()
+
+    def __call__(self, source: str) -> _Policy:
+        return self.policy
+
+
+class Child:
+    def __init__(self, spec: dict, model) -> None:
+        self.model, self.name = model, model.name
+        self.tally = Tally(spec.get("buckets"))
+        self.relay = Relay(self.tally)
+        self.policies = _Policies()
+        self.worker = Worker(model, None, self.relay, self.tally, self.policies, spec["index"])
+        self.slots = [SlotReader(fd) for fd in spec["slots"]]
+        self.codec = FrigateCodec()
+        self.out: list[list] = []
+        self.ctx = zmq.Context(1)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, spec["identity"].encode())
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(spec["hub"])
+        self.sock.send(m.HELLO)
+        self.last_flush = time.monotonic()
+
+    def frame(self, msg: list) -> Frame:
+        token, received, wall, max_age, max_elements, slot, how, spans = m.unpack_meta(msg[1].buffer)
+        header = decode_header(msg[2].buffer)
+        if slot >= 0:
+            buf = self.slots[slot].buffer(max((o + n for o, n in spans), default=0))
+            payloads = [buf[o : o + n] for o, n in spans]
+        else:
+            payloads = [p.buffer for p in msg[3:]]
+        topic = f"{self.name}/{header.source}".encode() if how == m.STREAM else None
+        frame = Frame(
+            header, payloads, received, wall, (_Answer(token, topic, self.out), []),
+            max_elements if max_elements >= 0 else None,
+        )  # fmt: skip
+        if how == m.FRIGATE:
+            frame.codec = self.codec
+        self.policies.policy.max_age_ms = max_age if max_age >= 0 else None
+        return frame
+
+    def run(self) -> None:
+        sock, batch = self.sock, self.worker.max_batch
+        delay_ms = self.worker.max_delay * 1000
+        while True:
+            if not sock.poll(FLUSH_S * 1000):
+                self.flush()
+                continue
+            msg = sock.recv_multipart(copy=False)
+            if msg[0].bytes == m.STOP:
+                break
+            frames = [self.frame(msg)]
+            stop = False
+            end = time.monotonic() + delay_ms / 1000
+            while len(frames) < batch:
+                left = max(0.0, end - time.monotonic()) * 1000
+                if not sock.poll(left):
+                    break
+                msg = sock.recv_multipart(copy=False)
+                if msg[0].bytes == m.STOP:
+                    stop = True
+                    break
+                frames.append(self.frame(msg))
+            self.serve(frames)
+            if stop:
+                break
+        self.flush()
+        self.sock.close()
+        self.ctx.term()
+
+    def serve(self, frames: list[Frame]) -> None:
+        self.worker.current = frames
+        # frames held here already count against this process's policy: one per frame in turn
+        try:
+            self.worker.process(frames)
+        except Exception:  # a bug must not kill the worker; the frames still get an answer
+            log.exception("model %s: unexpected error on %d frame(s)", self.name, len(frames))
+            answered = {int.from_bytes(a[0][1:9], "little") for a in self.out}
+            for frame in frames:
+                if frame.reply_to[0].token not in answered:
+                    self.relay.error(frame, self.name, "internal", "internal error, see the daemon log")
+        self.worker.current = []
+        now = time.monotonic()
+        if now - self.last_flush >= FLUSH_S or not self.sock.poll(0):
+            self.flush()  # before the answers: the metrics of a result are in before the result
+        out, self.out[:] = list(self.out), []
+        for parts in out:
+            self.sock.send_multipart(parts, copy=False)
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        rows = self.tally.drain()
+        if rows or now - self.last_flush >= BEAT_S:
+            self.last_flush = now
+            self.sock.send_multipart([m.METRICS, json.dumps(rows).encode()])
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        sys.exit(1)
+
+
+def _tell(fd: int, what: dict) -> None:
+    """The ready line to the daemon (which only reads it at start-up: a restarted worker's pipe
+    is closed, and its hello is what counts)."""
+    with contextlib.suppress(OSError), os.fdopen(fd, "w") as ready:
+        ready.write(json.dumps(what) + "\n")
+
+
+def main() -> int:
+    spec = json.loads(os.environ.pop("INFERD_WORKER"))
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    _die_with_parent()
+    from inferd.config import ModelConfig
+    from inferd.logs import setup_logging
+    from inferd.models import load_model
+
+    setup_logging(spec.get("log_level", "info"))
+    try:
+        cfg = ModelConfig.model_validate(spec["model"])
+        model = load_model(cfg, Path(spec["base_dir"]), spec.get("runtime_level", "warning"))
+    except (InferdError, OSError, ValueError) as e:
+        log.error("worker process %d: %s", spec["index"], e)
+        _tell(spec["ready_fd"], {"error": str(e).removeprefix(f"model {spec['model']['name']!r}: ")})
+        return 1
+    name_os_thread(f"inferd:{cfg.name}")
+    child = Child(spec, model)
+    _tell(spec["ready_fd"], {"ok": True, "pid": os.getpid(), "first_run_seconds": model.first_run_seconds,
+                             "warmup_seconds": model.warmup_seconds})  # fmt: skip
+    child.run()
+    model.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

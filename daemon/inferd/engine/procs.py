@@ -1,0 +1,395 @@
+"""Worker processes as the daemon sees them: spawn, feed, answer, restart (the IO thread's side).
+
+A model served by processes has a `WorkerPool`: its queue (pipeline.ModelQueue, unchanged: the
+same policies, drops and fairness as for threads) and one `WorkerProcess` per instance. The IO
+thread feeds them (`pump`: a frame taken from the queue goes into a free slot of a worker with room,
+and a small message tells the worker where), forwards their answers (`Hub.read`), and restarts
+the ones that died (`Hub.sweep`). Everything here runs on the IO thread, except `start` (the
+thread that loads models, before the pool is handed to the IO thread) and `join`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from itertools import count
+
+import zmq
+
+from inferd.engine import messages as m
+from inferd.engine.slots import Slot
+from inferd.engine.tally import apply
+from inferd.errors import ModelLoadError
+from inferd.pipeline import Frame, ModelQueue
+
+log = logging.getLogger("inferd.workers")
+START_TIMEOUT_S = 120.0
+BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # restart delays after quick deaths in a row
+STABLE_S = 30.0  # a worker that ran this long before dying starts the backoff over
+SILENT_S = 5.0  # an idle worker beats every second (child.py): this long without a word, it is stopped
+_tokens = count(1)
+_lives = count(1)  # a worker's identity on the hub is new for each process, across pools and reloads
+
+
+class WorkerProcess:
+    """One instance in its own process. Looks like a pipeline.Worker to the daemon's health and stop."""
+
+    def __init__(self, pool: WorkerPool, index: int) -> None:
+        self.pool, self.index = pool, index
+        self.model, self.queue = pool.model, pool.queue
+        self.name = f"worker-{pool.name}-{index}"
+        self.slots = [Slot(f"inferd-{pool.name}-{index}-{i}") for i in range(pool.depth)]
+        self.free = list(range(pool.depth))
+        self.inflight: dict[int, tuple[Frame, int, float]] = {}  # token -> frame, slot, sent at
+        self.proc: subprocess.Popen | None = None
+        self.identity = b""
+        self.connected = False  # its hello arrived: frames can be sent
+        self.started = 0.0
+        self.deaths = 0  # quick deaths in a row
+        self.restart_at: float | None = None
+        self.abandoned = False
+        self.hung: str | None = None  # why the pool killed it, until it is seen dead
+        self.last_progress = time.monotonic()
+
+    # what the daemon's health() and stop() read
+    @property
+    def busy_since(self) -> float | None:
+        return min((sent for _, _, sent in list(self.inflight.values())), default=None)
+
+    @property
+    def current(self) -> list[Frame]:
+        return [frame for frame, _, _ in list(self.inflight.values())]
+
+    @property
+    def ident(self) -> int | None:
+        """The pid while the process runs (one that died is the pool's to restart, not a problem)."""
+        proc = self.proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def is_alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def spawn(self) -> int:
+        """Start the process; the read end of its ready pipe."""
+        self.identity = f"{self.name}.{next(_lives)}".encode()
+        self.connected = False
+        read_fd, write_fd = os.pipe()
+        spec = dict(self.pool.spec, index=self.index, identity=self.identity.decode(),
+                    slots=[s.fd for s in self.slots], ready_fd=write_fd)  # fmt: skip
+        env = dict(os.environ, INFERD_WORKER=json.dumps(spec))
+        try:
+            self.proc = subprocess.Popen(
+                # the model's name is only for ps/top: which process serves what
+                [sys.executable, "-m", "inferd.engine.child", self.pool.name, str(self.index)],
+                env=env, close_fds=True,
+                pass_fds=(write_fd, *(s.fd for s in self.slots)), stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            os.close(write_fd)
+        self.started = time.monotonic()
+        return read_fd
+
+    def send(self, sock: zmq.Socket, frame: Frame, how: int, header: bytes) -> None:
+        slot = self.free.pop()
+        payloads = frame.payloads
+        spans = self.slots[slot].write(payloads)
+        token = next(_tokens)
+        max_age = self.pool.policies(frame.source).max_age_ms
+        meta = m.pack_meta(
+            token, frame.received, frame.received_wall, -1 if max_age is None else int(max_age),
+            -1 if frame.max_elements is None else frame.max_elements, slot, how, spans,
+        )  # fmt: skip
+        self.inflight[token] = (frame, slot, time.monotonic())
+        sock.send_multipart([self.identity, m.FRAME, meta, header], copy=False)
+
+    def done(self, token: int) -> Frame | None:
+        entry = self.inflight.pop(token, None)
+        if entry is None:
+            return None  # answered already (shutdown, or the worker was declared dead)
+        self.free.append(entry[1])
+        self.last_progress = time.monotonic()
+        return entry[0]
+
+    def close(self) -> None:
+        """Kill the process (it holds nothing unanswered by now) and free the slots."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10.0)
+        for slot in self.slots:
+            slot.close()
+        self.slots = []
+
+
+class WorkerPool:
+    """One model's worker processes and their queue."""
+
+    def __init__(
+        self, model, queue: ModelQueue, replies, metrics, policies, spec: dict, hang_after: float = 30.0
+    ) -> None:
+        self.model, self.name, self.queue = model, model.name, queue
+        self.hang_after = hang_after  # service.hang_after_s: a worker this long in one inference is killed
+        self.replies, self.metrics, self.policies = replies, metrics, policies
+        cfg = model.cfg
+        # a worker holds at most one batch: frames wait in the model's queue, not in a worker, so
+        # drop policies, fairness and queue depth mean what they mean with threads (docs/architecture.md)
+        self.depth = cfg.batching.max_batch
+        self.stateful = model.keeps_state()
+        self.owner: dict[str, WorkerProcess] = {}  # source -> its worker (stateful models only)
+        self.spec = dict(spec, model=cfg.model_dump(mode="json"))
+        self.workers = [WorkerProcess(self, i) for i in range(cfg.instances)]
+        self.restarts = metrics.worker_restarts.labels(self.name)
+        self.stopping = False
+        self.drained = threading.Event()
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Spawn every worker and wait until each loaded its model (any thread but the IO thread)."""
+        pipes = {w.spawn(): w for w in self.workers}
+        try:
+            answers = _wait_ready(pipes, time.monotonic() + timeout, self.name)
+        except ModelLoadError:
+            self.close()
+            raise
+        # the daemon's own load skipped the warm-up: the workers' is the one /readyz reports
+        self.model.first_run_seconds = answers[0].get("first_run_seconds")
+        self.model.warmup_seconds = answers[0].get("warmup_seconds")
+        log.info("model %s: %d worker process(es) ready (pids %s)", self.name, len(self.workers),
+                 ", ".join(str(w.ident) for w in self.workers))  # fmt: skip
+
+    # ---- IO thread ---------------------------------------------------------------------------
+
+    def pump(self, sock: zmq.Socket) -> None:
+        """Hand queued frames to workers with room."""
+        queue = self.queue
+        for w in self.workers:
+            if not queue.size:
+                break
+            if not w.connected or not w.free:
+                continue
+            accept = None
+            if self.stateful:
+                owner = self.owner
+
+                def accept(source, w=w, owner=owner):
+                    return owner.setdefault(source, w) is w
+
+            while w.free:
+                frame = queue.take_nowait(accept)
+                if frame is None:
+                    break
+                self._send(sock, w, frame)
+        if queue.closed and not queue.size and not any(w.inflight for w in self.workers):
+            self.drained.set()
+
+    def _send(self, sock: zmq.Socket, w: WorkerProcess, frame: Frame) -> None:
+        if frame.codec is not None:
+            how, header = m.FRIGATE, json.dumps(frame.header.to_json()).encode()
+        else:
+            how = m.STREAM if frame.reply_to is None else m.ROUTER
+            header = frame.raw_header
+        try:
+            w.send(sock, frame, how, header)
+        except zmq.ZMQError as e:  # the worker went away between its death and our noticing
+            log.debug("worker %s unreachable: %s", w.name, e)
+
+    def answer(self, w: WorkerProcess, kind: bytes, token: int, parts: list) -> None:
+        frame = w.done(token)
+        if frame is None:
+            return
+        replies = self.replies
+        if kind == m.RESULT:
+            replies.forward_result(frame, self.name, parts)
+        elif kind == m.REPLY:
+            replies.send_parts(frame.reply_to, parts)
+        else:
+            reason, message = parts[0].bytes.decode(), parts[1].bytes.decode()
+            if kind == m.DROP:
+                replies.drop(frame, self.name, reason)
+            elif kind == m.REJECT:
+                replies.reject(frame, self.name, reason, message)
+            else:
+                replies.error(frame, self.name, reason, message)
+
+    def died(self, w: WorkerProcess, now: float) -> None:
+        """A worker's process ended: answer what it held, free its sources, plan its restart."""
+        code = w.proc.returncode if w.proc is not None else None
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        reason, message = "worker_died", f"worker process died ({how})"
+        if w.hung is not None:
+            reason, message, how = "worker_hung", f"worker process killed: {w.hung}", w.hung
+        w.hung = None
+        held = list(w.inflight)
+        for token in held:
+            frame = w.done(token)
+            if frame is not None:
+                self.replies.drop(frame, self.name, reason, message)
+        for source in [s for s, o in self.owner.items() if o is w]:
+            del self.owner[source]
+        w.connected, w.proc = False, None
+        if self.stopping:
+            return
+        w.deaths = 1 if now - w.started > STABLE_S else w.deaths + 1
+        delay = BACKOFF_S[min(w.deaths, len(BACKOFF_S)) - 1]
+        w.restart_at = now + delay
+        log.error("model %s: worker process %d %s holding %d frame(s); restarting in %.1f s",
+                  self.name, w.index, how, len(held), delay)  # fmt: skip
+
+    def sweep(self, now: float) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.hung is None and not self.stopping:
+                busy = w.busy_since
+                if busy is not None and now - busy > self.hang_after:
+                    self._kill(w, f"hung in one inference for {now - busy:.1f} s")
+                elif busy is None and w.connected and now - w.last_progress > SILENT_S:
+                    self._kill(w, f"silent for {now - w.last_progress:.1f} s while idle (stopped?)")
+            if w.proc is not None and w.proc.poll() is not None:
+                self.died(w, now)
+            if w.proc is None and w.restart_at is not None and now >= w.restart_at and not self.stopping:
+                w.restart_at = None
+                os.close(w.spawn())  # its hello says it is ready; a failed load exits and is seen here
+                self.restarts.inc()
+
+    def _kill(self, w: WorkerProcess, why: str) -> None:
+        """A hung worker cannot be asked to stop: it is killed, its frames answered when it is gone."""
+        log.error("model %s: worker process %d (pid %s) %s: killing it", self.name, w.index, w.ident, why)
+        w.hung = why
+        with contextlib.suppress(OSError):
+            w.proc.kill()
+
+    def abandon(self, reason: str = "shutdown") -> None:
+        """Answer every frame the workers hold (stop after the drain time)."""
+        for w in self.workers:
+            w.abandoned = True
+            for token in list(w.inflight):
+                frame = w.done(token)
+                if frame is not None:
+                    self.replies.drop(frame, self.name, reason)
+
+    # ---- any thread --------------------------------------------------------------------------
+
+    def join(self, timeout: float) -> None:
+        """Wait until the closed queue is empty and every worker answered what it held."""
+        self.drained.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the processes (their frames were answered or will be ignored)."""
+        self.stopping = True
+        for w in self.workers:
+            w.close()
+
+
+class Hub:
+    """The daemon's end of the worker channel: a ROUTER on an ipc path in a private folder."""
+
+    def __init__(self, ctx: zmq.Context, metrics) -> None:
+        self.metrics = metrics
+        self.folder = tempfile.mkdtemp(prefix="inferd-workers-")
+        self.address = f"ipc://{self.folder}/hub"
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(self.address)
+        self.pools: list[WorkerPool] = []
+        self._workers: dict[bytes, WorkerProcess] = {}
+        self._early: set[bytes] = set()  # hellos of a reload's pool that is not added yet
+
+    def add(self, pool: WorkerPool) -> None:
+        """IO thread (or before it runs)."""
+        self.pools.append(pool)
+        for w in pool.workers:
+            if w.identity in self._early:
+                self._early.discard(w.identity)
+                w.connected = True
+
+    def remove(self, pool: WorkerPool) -> None:
+        if pool in self.pools:
+            self.pools.remove(pool)
+
+    def _worker(self, identity: bytes) -> WorkerProcess | None:
+        w = self._workers.get(identity)
+        if w is None or w.identity != identity:
+            self._workers = {x.identity: x for p in self.pools for x in p.workers}
+            w = self._workers.get(identity)
+        return w
+
+    def read(self, budget: int = 512) -> None:
+        """Forward what the workers sent (IO thread)."""
+        sock = self.sock
+        for _ in range(budget):
+            try:
+                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            w = self._worker(msg[0].bytes)
+            if w is None:  # a worker of a retired pool, an earlier life of one, or a new pool's
+                if msg[1].bytes == m.HELLO and len(self._early) < 1024:
+                    self._early.add(msg[0].bytes)
+                continue
+            try:
+                self._handle(w, msg)
+            except Exception:  # a bug here must not end the IO thread: every other frame needs it
+                log.exception("model %s: bad message from worker process %d", w.pool.name, w.index)
+
+    def _handle(self, w: WorkerProcess, msg: list) -> None:
+        head = msg[1].bytes
+        if len(head) == m.TOKEN.size:
+            kind, token = m.TOKEN.unpack(head)
+            w.pool.answer(w, kind, token, msg[2:])
+        elif head == m.METRICS:  # also an idle worker's heartbeat
+            apply(self.metrics, json.loads(msg[2].bytes))
+            w.last_progress = time.monotonic()
+        elif head == m.HELLO:
+            w.connected = True
+            w.last_progress = time.monotonic()
+
+    def pump(self) -> None:
+        for pool in self.pools:
+            if pool.queue.size or pool.queue.closed:
+                pool.pump(self.sock)
+
+    def sweep(self, now: float) -> None:
+        for pool in self.pools:
+            pool.sweep(now)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _wait_ready(pipes: dict[int, WorkerProcess], deadline: float, name: str) -> list[dict]:
+    """Read each worker's ready line; a ModelLoadError for the first that failed."""
+    buffers = {fd: b"" for fd in pipes}
+    answers: list[dict] = []
+    try:
+        while buffers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ModelLoadError(name, f"worker processes did not load within {START_TIMEOUT_S:g} s")
+            readable, _, _ = select.select(list(buffers), [], [], left)
+            for fd in readable:
+                chunk = os.read(fd, 65536)
+                buffers[fd] += chunk
+                if chunk and not buffers[fd].endswith(b"\n"):
+                    continue
+                line = buffers.pop(fd).strip()
+                os.close(fd)
+                answer = json.loads(line) if line else {"error": "the worker process exited while loading"}
+                if "error" in answer:
+                    w = pipes[fd]
+                    raise ModelLoadError(name, f"worker process {w.index}: {answer['error']}")
+                answers.append(answer)
+    finally:
+        for fd in buffers:
+            os.close(fd)
+    return answers

@@ -1,0 +1,106 @@
+"""Metrics recorded inside a worker process and added to the daemon's own.
+
+A worker process has no registry anyone scrapes. It records what its model did (inferences,
+timings, batch sizes, result latencies) in a `Tally` with the same names and labels as
+`inferd.metrics.Metrics`, and sends what changed to the daemon when it goes idle or every 100 ms
+(`drain`); the daemon adds it to its metrics (`apply`). The daemon's exposition is then one set of
+series whatever runs where, and a counter never goes back when a worker process dies.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+from inferd.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+
+# the Metrics attributes a worker records (drops, rejects and errors are counted by the daemon)
+HISTOGRAMS = (
+    "inference_seconds",
+    "preprocess_seconds",
+    "queue_wait_seconds",
+    "frame_latency_seconds",
+    "batch_size",
+)
+COUNTERS = ("inferences",)
+
+
+class _Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds, self.counts, self.sum = bounds, [0] * (len(bounds) + 1), 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # Prometheus buckets are `le`
+        self.sum += value
+
+
+class _Family:
+    """`.labels(*values)` like prometheus_client's, recording into plain Python objects."""
+
+    def __init__(self, make) -> None:
+        self.make, self.children = make, {}
+
+    def labels(self, *values: str):
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.make()
+        return child
+
+
+class Tally:
+    """The worker-side stand-in for `Metrics` (only what a worker records)."""
+
+    def __init__(self, buckets: tuple[float, ...] | list[float] | None = None) -> None:
+        latency = tuple(buckets) if buckets else LATENCY_BUCKETS
+        for name in HISTOGRAMS:
+            bounds = tuple(float(b) for b in (BATCH_BUCKETS if name == "batch_size" else latency))
+            setattr(self, name, _Family(lambda b=bounds: _Histogram(b)))
+        for name in COUNTERS:
+            setattr(self, name, _Family(_Counter))
+
+    def drain(self) -> list[list[Any]]:
+        """What changed since the last drain, as JSON-able rows (empty when nothing did)."""
+        rows: list[list[Any]] = []
+        for name in HISTOGRAMS:
+            for labels, h in getattr(self, name).children.items():
+                if h.sum or any(h.counts):
+                    rows.append([name, list(labels), h.counts, h.sum])
+                    h.counts, h.sum = [0] * len(h.counts), 0.0
+        for name in COUNTERS:
+            for labels, c in getattr(self, name).children.items():
+                if c.value:
+                    rows.append([name, list(labels), c.value])
+                    c.value = 0.0
+        return rows
+
+
+def apply(metrics, rows: list[list[Any]]) -> None:
+    """Add a worker's drained rows to the daemon's metrics (IO thread)."""
+    for row in rows:
+        name, labels = row[0], row[1]
+        family = getattr(metrics, name, None)
+        if name in COUNTERS and family is not None:
+            family.labels(*labels).inc(row[2])
+        elif name in HISTOGRAMS and family is not None:
+            child = family.labels(*labels)
+            # prometheus_client keeps one (non-cumulative) value per bucket, +Inf last; there is
+            # no public call to add counts, so they are added where observe() adds them
+            buckets = child._buckets
+            if len(buckets) != len(row[2]):
+                continue  # buckets changed by a reload while the worker ran: skip, never misfile
+            for bucket, n in zip(buckets, row[2], strict=True):
+                if n:
+                    bucket.inc(n)
+            child._sum.inc(row[3])
