@@ -94,8 +94,13 @@ TEST_TOOLS := rtsp-server-perl:rtsp-server-perl ffmpeg:ffmpeg mosquitto:mosquitt
 	  else echo "note:$$missing not installed: the tests that need them skip"; fi; fi
 	@touch $@
 
+# The daemon's promises once more with every model in worker processes (INFERD_WORKERS decides
+# what `workers: auto` means; docs/architecture.md, "Worker processes").
+PROCESS_TESTS := tests/test_daemon.py tests/test_transport.py tests/test_batching.py tests/test_metrics.py \
+	tests/test_frigate.py tests/test_mqtt.py tests/test_security.py tests/test_service.py
 test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed .test-tools-ok
 	$(PY) -m pytest
+	INFERD_WORKERS=processes $(PY) -m pytest -q -p no:cacheprovider $(PROCESS_TESTS)
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -x -q -m 'not legacy and not qemu'

@@ -137,11 +137,26 @@ def _ask(address: str, kind: str, shape: tuple, ready, times, out) -> None:
     out.put(n)
 
 
+class _Indexed:
+    """A job's result queue that says which job it is."""
+
+    def __init__(self, index: int, out) -> None:
+        self.index, self.out = index, out
+
+    def put(self, n: int) -> None:
+        self.out.put((self.index, n))
+
+
+def _job(index: int, target, args: tuple, ready, times, out) -> None:
+    target(*args, ready, times, _Indexed(index, out))
+
+
 def _run(jobs: list[tuple], seconds: float, during=None) -> list[int]:
     """Start the jobs (target, args), wait until all are ready, give them one window, collect."""
     ctx = mp.get_context("spawn")
     ready, times, out = ctx.Semaphore(0), ctx.Queue(), ctx.Queue()
-    procs = [ctx.Process(target=t, args=(*a, ready, times, out), daemon=True) for t, a in jobs]
+    procs = [ctx.Process(target=_job, args=(i, t, a, ready, times, out), daemon=True)
+             for i, (t, a) in enumerate(jobs)]  # fmt: skip
     for p in procs:
         p.start()
     for _ in procs:
@@ -152,7 +167,10 @@ def _run(jobs: list[tuple], seconds: float, during=None) -> list[int]:
     for _ in procs:
         times.put((start, end))
     sample = during(start, end) if during else None
-    counts = [out.get(timeout=seconds + 120) for _ in procs]
+    counts = [0] * len(procs)
+    for _ in procs:
+        i, n = out.get(timeout=seconds + 120)
+        counts[i] = n
     for p in procs:
         p.join(30)
     return counts if sample is None else (counts, sample)

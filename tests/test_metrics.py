@@ -218,7 +218,8 @@ def test_readiness_flips_only_after_warm_up(tmp_path):
     loading `slow` (before its warm-up) until the test writes the labels."""
     gate = tmp_path / "labels.fifo"
     os.mkfifo(gate)
-    config = CONFIG.replace("    warmup: 1\n", f"    warmup: 400\n    labels: {gate}\n")  # ~2 s of warm-up
+    # ~2 s of warm-up; in this process (a worker process would read the FIFO a second time)
+    config = CONFIG.replace("    warmup: 1\n", f"    warmup: 400\n    labels: {gate}\n    workers: threads\n")
     result = {}
 
     def run():
