@@ -22,15 +22,15 @@ from typing import Any
 import zmq
 
 from inferd.config import Config, EndpointConfig, ResultsConfig
+from inferd.engine.pipeline import Frame
 from inferd.errors import FrameError
-from inferd.frigate import FrigateRequests, error_reply
-from inferd.ipc import prepare_ipc, unlink_ipc
-from inferd.pipeline import Frame
+from inferd.ingest.frigate import FrigateRequests, error_reply
+from inferd.ingest.ipc import prepare_ipc, unlink_ipc
+from inferd.ingest.security import load_secret, secure_ipc
+from inferd.outputs.publisher import answer_hellos, bind_results
+from inferd.outputs.replies import OUTBOX, Replies
 from inferd.protocol import decode_header, decode_payload
-from inferd.publisher import answer_hellos, bind_results
-from inferd.replies import OUTBOX, Replies
-from inferd.security import load_secret, secure_ipc
-from inferd.service import name_os_thread
+from inferd.service.systemd import name_os_thread
 
 log = logging.getLogger("inferd.transport")
 

@@ -18,14 +18,15 @@ CONFIG_HELP = f"config file (default {DEFAULT_PATH})"
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    # before anything imports onnxruntime: no device id and telemetry store in ~/.cache (backends/onnx.py)
+    # before anything imports onnxruntime: no device id and telemetry store in ~/.cache
+    # (engine/backends/onnx.py)
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from inferd.logs import setup_logging
+    from inferd.service.logs import setup_logging
 
     setup_logging(args.log_level or "warning")
     try:
@@ -157,8 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import threading
 
     from inferd.daemon import Daemon
-    from inferd.logs import setup_logging
-    from inferd.service import Notifier, Watchdog, watchdog_interval
+    from inferd.service.logs import setup_logging
+    from inferd.service.systemd import Notifier, Watchdog, watchdog_interval
 
     config, base_dir = load_config(args.config)
     if args.log_level is None:  # not given on the command line: the config decides
@@ -220,7 +221,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from inferd.service import read_reload_status, reload_status_path
+    from inferd.service.systemd import read_reload_status, reload_status_path
 
     pids = [args.pid] if args.pid else running_daemons()
     if not pids:
@@ -310,7 +311,7 @@ def running_daemons() -> list[int]:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from inferd.security import generate_keys
+    from inferd.ingest.security import generate_keys
 
     if (args.dir / f"{args.name}.key_secret").exists():
         print(f"inferd keys: {args.dir / args.name}.key_secret exists; not overwriting", file=sys.stderr)
@@ -322,7 +323,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from inferd.bench import run_bench
+    from inferd.cli.bench import run_bench
 
     try:
         w, h, *c = (int(v) for v in args.frame.lower().split("x"))
@@ -357,7 +358,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from inferd.demo import run_demo
+    from inferd.cli.demo import run_demo
 
     try:
         return run_demo(
@@ -420,7 +421,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     import urllib.error
 
-    from inferd.status import run_status
+    from inferd.cli.status import run_status
 
     url = args.url
     if url is None:
@@ -438,7 +439,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from inferd.models import load_models
+    from inferd.engine.models import load_models
 
     try:
         config, base_dir = load_config(args.config)
@@ -519,7 +520,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from inferd.models import load_model
+    from inferd.engine.models import load_model
 
     if args.path.suffix.lower() in (".yaml", ".yml") and not args.runtime:
         print(
