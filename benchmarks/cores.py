@@ -69,7 +69,7 @@ def _wait_until(t: float) -> None:
 
 def _bare(path: str, kind: str, shape: tuple, ready, times, out) -> None:
     from inferd.config import parse_config
-    from inferd.models import load_model
+    from inferd.engine.models import load_model
 
     cfg = parse_config(f"models:\n  - {{name: m, path: {path}, threads: 1, warmup: 10}}\n").models[0]
     backend = load_model(cfg, MODELS).backend

@@ -14,10 +14,10 @@ import time
 import numpy as np
 
 from benchmarks.common import percentiles, save
-from inferd.backends.base import TensorSpec
 from inferd.config import AnchorsConfig, DetectPostprocess, SegmentPostprocess
-from inferd.geometry import geometry
-from inferd.postprocess import Detect, Segment
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.geometry import geometry
+from inferd.engine.postprocess import Detect, Segment
 
 RNG = np.random.default_rng(0)
 FRAME = geometry(480, 640, (640, 640), True, None)

@@ -33,7 +33,7 @@ def bare_server(path: str, address: str, threads: int, ready) -> None:
     """A REP server as Frigate's detector servers are written: no queue, no thread hand-over."""
     import onnxruntime as ort
 
-    from inferd.backends.onnx import EXACT_INT8
+    from inferd.engine.backends.onnx import EXACT_INT8
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1

@@ -18,7 +18,7 @@ from benchmarks.common import MODELS, Daemon, percentiles, save
 from benchmarks.models import model as bench_model
 from inferd.client import FramePublisher, InferClient, ResultSubscriber
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 
 CASES = {  # name: model, frame shape, dtype, inferd model options
     "noop-onnx": ("noop.onnx", (1, 3, 64, 64), np.float32, ""),

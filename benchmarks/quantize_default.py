@@ -9,7 +9,7 @@ per-channel weight scales, and records for each:
   absolute difference) on the 20 % of the calibration folder it holds back, sizes, latency (noisy
   on a shared machine), and how many weight tensors got one scale or one per channel;
 * metrics on a separate held-out set that shares no frame, and for text no word pair, with any
-  calibration folder, run through the daemon's preprocessing (`inferd.models.load_model`):
+  calibration folder, run through the daemon's preprocessing (`inferd.engine.models.load_model`):
   - `textdir_cls`: PaddleOCR's text-direction classifier (rapidocr, labels 0/180) on lines rendered
     as the tests render them (tests/backends/test_pretrained.py `text_line`), half upside down:
     top-1 ACCURACY against the true labels for float, per-tensor and per-channel on 200 held-out
@@ -61,7 +61,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from benchmarks.common import MODELS, ROOT, save
 from inferd.config import parse_config
-from inferd.models import Model, load_model
+from inferd.engine.models import Model, load_model
 from inferd.tools.quantize import quantize_model, recipe_from
 
 sys.path.insert(0, str(ROOT / "examples"))

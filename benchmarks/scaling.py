@@ -10,7 +10,7 @@ import argparse
 import time
 
 from benchmarks.common import MODELS, Daemon, save
-from inferd.bench import run_bench
+from inferd.cli.bench import run_bench
 
 MODEL = f"""  - name: m
     path: {MODELS / "classifier_int8.onnx"}

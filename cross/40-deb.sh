@@ -35,7 +35,7 @@ venv() {
         --disable-pip-version-check --no-input --no-cache-dir install -q --no-index --find-links /wheels \
         --no-warn-script-location "inferd[onnx,tflite,capture,mqtt]"'
     in_chroot "$ROOTFS" /opt/inferd/bin/python -c \
-        'import inferd.cli, numpy, zmq, yaml, PIL, pydantic, prometheus_client, onnxruntime, ai_edge_litert.interpreter, av, paho.mqtt.client, inferd.capture.run, inferd.mqtt'
+        'import inferd.cli, numpy, zmq, yaml, PIL, pydantic, prometheus_client, onnxruntime, ai_edge_litert.interpreter, av, paho.mqtt.client, inferd.capture.run, inferd.outputs.mqtt'
 }
 say "building the venv /opt/inferd in the arm64 chroot (emulated: ~1-2 min)"
 timed "deb venv (qemu-user)" venv

@@ -34,11 +34,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def bare_session(path, threads: int | None = None, **options):
     """A bare onnxruntime session set up as inferd sets up its own: the CPU provider and the exact
-    int8 kernels on x86 without VNNI (backends/onnx.py EXACT_INT8), so that "equals the bare
+    int8 kernels on x86 without VNNI (engine/backends/onnx.py EXACT_INT8), so that "equals the bare
     runtime" compares the same arithmetic on any machine."""
     import onnxruntime as ort
 
-    from inferd.backends.onnx import EXACT_INT8
+    from inferd.engine.backends.onnx import EXACT_INT8
 
     opts = ort.SessionOptions()
     if threads is not None:

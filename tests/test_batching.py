@@ -7,8 +7,8 @@ import pytest
 import zmq
 
 from inferd.config import parse_config
+from inferd.engine.models import load_model
 from inferd.errors import ModelLoadError
-from inferd.models import load_model
 from tests.conftest import MODELS, bare_session
 from tests.daemon_harness import DaemonProcess, raw_header
 

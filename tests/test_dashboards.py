@@ -9,7 +9,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from inferd.metrics import Metrics
+from inferd.service.metrics import Metrics
 from tests.conftest import ROOT
 from tests.test_telemetry import fake_sysfs
 

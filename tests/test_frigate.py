@@ -161,7 +161,7 @@ def test_real_detectors_answer_frigate_in_its_tensors_coordinates(tmp_path, dete
     from PIL import Image
 
     from inferd.config import parse_config
-    from inferd.models import load_model
+    from inferd.engine.models import load_model
     from tests.backends.test_pretrained import packaged
     from tests.postprocess.test_anchors import blazeface_entry
     from tests.postprocess.test_yolo_real import entry as yolo_entry

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inferd.backends.base import TensorSpec
 from inferd.config import PreprocessConfig, parse_config
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.geometry import Geometry, geometry
+from inferd.engine.preprocess import Preprocessor
 from inferd.errors import ConfigError
-from inferd.geometry import Geometry, geometry
-from inferd.preprocess import Preprocessor
 
 
 def spec(shape, dtype=np.uint8):

@@ -10,8 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from inferd.config import load_config, parse_config
+from inferd.engine.models import load_model, load_models
 from inferd.errors import ModelLoadError
-from inferd.models import load_model, load_models
 
 
 def tiny_onnx(path: Path, *, custom_op: bool = False, unused_initializer: bool = False) -> Path:
@@ -129,7 +129,7 @@ def test_runtime_messages_go_through_logging(tmp_path, caplog, capfd):
 
 
 def test_instances_share_an_onnx_session_and_get_their_own_tflite_interpreters(tmp_path):
-    from inferd.models import load_instances
+    from inferd.engine.models import load_instances
 
     models = Path(__file__).resolve().parent.parent / "examples" / "models"
     cfg = parse_config(
@@ -148,7 +148,7 @@ def test_instances_share_an_onnx_session_and_get_their_own_tflite_interpreters(t
 
 
 def test_labels_from_an_exports_metadata_only_when_they_are_plain_class_names():
-    from inferd.models import metadata_labels
+    from inferd.engine.models import metadata_labels
 
     assert metadata_labels({"names": "{0: 'person', 1: 'car'}"}) == ["person", "car"]  # Ultralytics
     assert metadata_labels({"names": "['a', 'b']"}) == ["a", "b"]

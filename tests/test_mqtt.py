@@ -14,7 +14,7 @@ import pytest
 
 from inferd.client import FramePublisher, InferClient
 from inferd.config import MqttConfig
-from inferd.homeassistant import Discovery
+from inferd.outputs.homeassistant import Discovery
 from tests.conftest import MODELS
 from tests.daemon_harness import DaemonProcess
 from tests.mqtt_broker import Broker, Listener, make_certs

@@ -2,7 +2,7 @@ import threading
 import time
 
 from inferd.config import SourceConfig
-from inferd.pipeline import Frame, ModelQueue, SourcePolicies
+from inferd.engine.pipeline import Frame, ModelQueue, SourcePolicies
 from inferd.protocol import FrameHeader
 
 

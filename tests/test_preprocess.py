@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inferd.backends.base import Quantization, TensorSpec
 from inferd.config import PreprocessConfig
+from inferd.engine.backends.base import Quantization, TensorSpec
+from inferd.engine.preprocess import Preprocessor
 from inferd.errors import ConfigError, FrameError
-from inferd.preprocess import Preprocessor
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 IMAGENET = PreprocessConfig(resize=256, center_crop=224, scale=1 / 255, mean=MEAN, std=STD)

@@ -16,7 +16,7 @@ import zmq
 
 from inferd.client import InferClient, ResultSubscriber
 from inferd.errors import ConfigError, ConnectionRefused, ModelLoadError, RequestTimeout
-from inferd.security import generate_keys
+from inferd.ingest.security import generate_keys
 from tests.daemon_harness import DaemonProcess, raw_header
 
 TENSOR = np.random.default_rng(21).standard_normal((1, 3, 64, 64)).astype(np.float32)
@@ -221,7 +221,7 @@ security:
 
 def test_world_writable_model_and_config_are_refused(tmp_path, write_config):
     from inferd.config import load_config, parse_config
-    from inferd.models import load_model
+    from inferd.engine.models import load_model
     from tests.conftest import MODELS
 
     model = tmp_path / "m.onnx"

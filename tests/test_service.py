@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from inferd.client import InferClient, ResultSubscriber
-from inferd.service import Notifier
+from inferd.service.systemd import Notifier
 from tests.conftest import MODELS, ROOT, bare_session
 from tests.daemon_harness import DaemonProcess, raw_header
 from tests.slow_model import Busy, build_slow_model
@@ -448,7 +448,7 @@ if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN (Li
 import numpy as np
 from pathlib import Path
 from inferd.config import load_config
-from inferd.models import load_models
+from inferd.engine.models import load_models
 config, base = load_config(sys.argv[1])
 loaded, failed = load_models(config, base)
 assert not failed, failed

@@ -3,7 +3,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from inferd.metrics import Metrics
+from inferd.service.metrics import Metrics
 
 
 def fake_sysfs(root: Path) -> Path:

@@ -10,8 +10,8 @@ import zmq
 
 from inferd.client import InferClient, ResultSubscriber
 from inferd.errors import RequestError, RequestTimeout
-from inferd.ipc import unlink_ipc
-from inferd.transport import HARD_LIMIT_FACTOR
+from inferd.ingest.endpoints import HARD_LIMIT_FACTOR
+from inferd.ingest.ipc import unlink_ipc
 from tests.daemon_harness import DaemonProcess, raw_header
 
 LIMIT = 1_000_000

@@ -25,7 +25,7 @@ from inferd.protocol import CONTROL, HELLO, VERSION, decode_tensors, encode_head
 
 _JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 # a request this large that gets no answer may have hit libzmq's hard limit on the daemon's side
-# (4x max_message_bytes: transport.HARD_LIMIT_FACTOR), which closes the connection unanswered
+# (4x max_message_bytes: ingest/endpoints.py HARD_LIMIT_FACTOR), which closes the connection unanswered
 HARD_LIMIT_HINT_BYTES = 4_000_000
 Key = str | bytes | Path
 

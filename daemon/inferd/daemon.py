@@ -13,17 +13,17 @@ from pathlib import Path
 import zmq
 
 from inferd.config import Config, ModelConfig, load_config
+from inferd.engine.models import Model, file_sha256, load_instances, load_model, log_failure, resolve_path
+from inferd.engine.pipeline import ModelQueue, SourcePolicies, Worker
 from inferd.engine.procs import Hub, WorkerPool
 from inferd.errors import InferdError, ModelLoadError
-from inferd.health import HttpServer
-from inferd.metrics import Metrics
-from inferd.models import Model, file_sha256, load_instances, load_model, log_failure, resolve_path
-from inferd.pipeline import ModelQueue, SourcePolicies, Worker
-from inferd.replies import Replies
-from inferd.routing import Dispatcher
-from inferd.security import Authenticator
-from inferd.service import Notifier, reload_status_path, write_reload_status
-from inferd.transport import Transport
+from inferd.ingest.routing import Dispatcher
+from inferd.ingest.security import Authenticator
+from inferd.ingest.transport import Transport
+from inferd.outputs.replies import Replies
+from inferd.service.health import HttpServer
+from inferd.service.metrics import Metrics
+from inferd.service.systemd import Notifier, reload_status_path, write_reload_status
 
 log = logging.getLogger("inferd")
 LOAD_TIMEOUT_S = 60.0  # EXTEND_TIMEOUT_USEC granted per model while it loads
@@ -209,8 +209,8 @@ class Daemon:
     def _mqtt(self, config: Config):
         """The MQTT sink for `config.mqtt`, not started: building it reads the password and TLS
         files, so a broken section fails here (a reload then keeps everything as it was)."""
-        from inferd.homeassistant import Discovery
-        from inferd.mqtt import MqttSink
+        from inferd.outputs.homeassistant import Discovery
+        from inferd.outputs.mqtt import MqttSink
 
         sink = MqttSink(config.mqtt, self.metrics, raw_models(config))
         if config.mqtt.home_assistant is not None:

@@ -21,7 +21,7 @@ from inferd.errors import FrameError
 
 VERSION = 1
 # Topics on the results socket that start with "!" are control messages, never results (no model
-# name can start with one): "!hello/<nonce>" confirms a subscriber's subscriptions (publisher.py).
+# name can start with one): "!hello/<nonce>" confirms a subscriber's subscriptions (outputs/publisher.py).
 CONTROL, HELLO = b"!", b"!hello/"
 DTYPES = {
     name: np.dtype(name)

@@ -305,7 +305,7 @@ def scrape(guest: Guest, service: Service):
 def reference():
     """reference(model_name, frame) -> outputs of the same model and config on this x86 host."""
     from inferd.config import parse_config
-    from inferd.models import load_model
+    from inferd.engine.models import load_model
 
     cfg = parse_config(models_yaml(str(MODELS)))
     models = {m.name: load_model(m, MODELS) for m in cfg.models}

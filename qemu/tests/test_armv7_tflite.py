@@ -154,7 +154,7 @@ import sys
 from pathlib import Path
 import numpy as np
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 model = load_model(parse_config(sys.argv[1]).models[0], Path("."))
 assert model.backend.package == "tflite-runtime", model.backend.package
 frames = np.load(sys.argv[2])
@@ -199,7 +199,7 @@ def test_results_over_zeromq_are_within_a_step_of_x86_litert(armv7_results):
     """Against x86 LiteRT (.venv): within one quantization step (LiteRT's kernels round
     differently; measured 5/8 frames identical, as between the two runtimes on x86)."""
     from inferd.config import parse_config
-    from inferd.models import load_model
+    from inferd.engine.models import load_model
 
     (ARTIFACTS / "equality.json").write_text(json.dumps(armv7_results["report"], indent=2))
     litert = load_model(parse_config(CONFIG).models[0], ROOT)
@@ -240,7 +240,7 @@ def test_metrics_count_the_frames_and_name_the_runtime_versions(daemon, armv7_re
 
 # --- the capture and mqtt extras on armv7 ---------------------------------------------------------------
 EXTRAS_SCRIPT = """
-import json, av, paho.mqtt, paho.mqtt.client as mqtt, inferd.mqtt, inferd.capture.run
+import json, av, paho.mqtt, paho.mqtt.client as mqtt, inferd.outputs.mqtt, inferd.capture.run
 print(json.dumps({"av": av.__version__, "av_at": av.__file__, "ffmpeg": av.library_versions["libavcodec"],
                   "paho": paho.mqtt.__version__, "paho_at": paho.mqtt.__file__,
                   "api": mqtt.CallbackAPIVersion.VERSION2.name}))

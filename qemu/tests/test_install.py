@@ -144,7 +144,7 @@ def make_bundles(dest: Path) -> None:
     rewrite_wheel(dest / "next", f"{VERSION}+next")
     wheel = rewrite_wheel(dest / "truncated", f"{VERSION}+truncated")
     wheel.write_bytes(wheel.read_bytes()[: wheel.stat().st_size // 2])
-    rewrite_wheel(dest / "checkfail", f"{VERSION}+checkfail", {"inferd/models.py": BROKEN_LOAD})
+    rewrite_wheel(dest / "checkfail", f"{VERSION}+checkfail", {"inferd/engine/models.py": BROKEN_LOAD})
     rewrite_wheel(dest / "nostart", f"{VERSION}+nostart")
     for name in ("next", "truncated", "checkfail", "nostart"):
         write_sums(dest / name)

@@ -196,7 +196,7 @@ def test_systemctl_reload_swaps_a_model_without_losing_a_frame(guest, service, r
         assert not errors and len(results) >= 2, (errors, len(results))
         old, new = reference("onnx_qdq", frame)[0], None
         from inferd.config import parse_config
-        from inferd.models import load_model
+        from inferd.engine.models import load_model
 
         entry = parse_config(TEST_CONFIG.replace("/var/lib/inferd/models", str(MODELS))).models[0]
         entry = entry.model_copy(update={"path": MODELS / "classifier_float.onnx"})

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 from tests.conftest import MODELS, bare_session, cosine
 
 IMAGENET = "{scale: 1/255, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}"

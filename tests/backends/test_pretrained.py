@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 
 
 def packaged(dist: str, name: str) -> Path:

@@ -8,7 +8,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 from tests.conftest import MODELS, bare_session, cosine
 
 TFLITE = MODELS / "classifier_int8.tflite"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 LEGACY = ROOT / ".venv-legacy" / "bin" / "python"
@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent(
     except ImportError:
         has_ort = False
     from inferd.config import parse_config
-    from inferd.models import load_model
+    from inferd.engine.models import load_model
     frames = np.load(sys.argv[2])
     report = {"numpy": np.__version__, "onnxruntime": has_ort}
     for xnnpack in ("true", "false"):

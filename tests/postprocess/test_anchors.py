@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from inferd.config import AnchorsConfig, parse_config
-from inferd.models import load_model
-from inferd.postprocess.anchors import generate_anchors
+from inferd.engine.models import load_model
+from inferd.engine.postprocess.anchors import generate_anchors
 from tests.backends.test_pretrained import packaged
 
 SHORT_RANGE = {"num_layers": 4, "strides": [8, 16, 16, 16]}

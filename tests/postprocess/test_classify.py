@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from inferd.backends.base import TensorSpec
 from inferd.config import ClassifyPostprocess, DetectPostprocess, SmoothConfig
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.postprocess import Classify, Detect, Smoother, nms
 from inferd.errors import ConfigError
-from inferd.postprocess import Classify, Detect, Smoother, nms
 
 LOGITS = [TensorSpec("logits", (1, 5), np.dtype(np.float32))]
 LABELS = ["cat", "dog", "fox", "owl", "yak"]
@@ -125,7 +125,7 @@ def test_ssd_outputs_are_thresholded_counted_and_reordered_to_xyxy():
 
 
 def test_weighted_nms_merges_overlaps_and_survives_degenerate_boxes():
-    from inferd.postprocess import weighted_nms
+    from inferd.engine.postprocess import weighted_nms
 
     boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 50, 50], [60, 60, 55, 70]], np.float32)
     scores = np.array([0.9, 0.6, 0.8, 0.7], np.float32)  # the last two have no area (or negative)

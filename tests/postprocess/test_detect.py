@@ -4,11 +4,11 @@ out by hand from the format's definition."""
 import numpy as np
 import pytest
 
-from inferd.backends.base import TensorSpec
 from inferd.config import DetectPostprocess
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.geometry import geometry
+from inferd.engine.postprocess import Detect
 from inferd.errors import ConfigError
-from inferd.geometry import geometry
-from inferd.postprocess import Detect
 
 LETTERBOX = geometry(480, 640, (320, 320), True, None)  # x2 scale, 40 rows of padding on top
 

@@ -5,12 +5,12 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from inferd.backends.base import TensorSpec
 from inferd.client import Result
 from inferd.config import SegmentPostprocess, parse_config
-from inferd.geometry import geometry
-from inferd.models import load_model
-from inferd.postprocess import PARTS, Segment
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.geometry import geometry
+from inferd.engine.models import load_model
+from inferd.engine.postprocess import PARTS, Segment
 from tests.backends.test_pretrained import packaged
 
 

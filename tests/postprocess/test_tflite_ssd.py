@@ -11,7 +11,7 @@ import pytest
 from flatbuffers import flexbuffers
 
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 
 make_models = pytest.importorskip("make_models")  # examples/, on sys.path by conftest
 tfl = make_models.tfl

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 from tests.backends.test_pretrained import packaged
 from tests.postprocess.test_anchors import blazeface_entry
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from inferd.cli import main
 from inferd.config import parse_config
-from inferd.models import load_model
+from inferd.engine.models import load_model
 from inferd.tools.accuracy import measure_accuracy
 from inferd.tools.frames import labelled_files, read_frame
 from tests.conftest import EXAMPLES, MODELS

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from inferd.cli import main  # noqa: E402
 from inferd.config import ModelConfig  # noqa: E402
-from inferd.models import load_model  # noqa: E402
+from inferd.engine.models import load_model  # noqa: E402
 from inferd.tools.checkpoint import ExportError  # noqa: E402
 from inferd.tools.export import export_model, parse_shape  # noqa: E402
 from tests.conftest import bare_session  # noqa: E402

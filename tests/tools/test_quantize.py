@@ -16,8 +16,8 @@ from onnx import numpy_helper
 from inferd.cli import main
 from inferd.client import InferClient
 from inferd.config import parse_config
+from inferd.engine.models import file_sha256, load_model
 from inferd.errors import InferdError
-from inferd.models import file_sha256, load_model
 from inferd.tools.frames import read_frame
 from inferd.tools.quantize import QuantizeError, quantize_model, recipe_from
 from tests.conftest import EXAMPLES, MODELS
@@ -60,7 +60,7 @@ def test_example_model_quantized_with_the_daemons_preprocessing(tmp_path, camera
     # the input range was calibrated on preprocessed frames (normalized, not 0..255 pixels)
     pre = load_model(parse_config(f"models:\n  - {{name: f, path: {FLOAT}}}").models[0], tmp_path)
     cfg = recipe_from(RECIPE).preprocess
-    from inferd.preprocess import Preprocessor
+    from inferd.engine.preprocess import Preprocessor
 
     prep = Preprocessor(cfg, pre.backend.inputs[0])
     files = sorted(camera_frames.glob("*.png"))
@@ -94,7 +94,7 @@ def test_qoperator_format_and_npy_frames_without_preprocessing(tmp_path, camera_
     frames = tmp_path / "npy"
     frames.mkdir()
     pre = load_model(parse_config(f"models:\n  - {{name: f, path: {FLOAT}}}").models[0], tmp_path)
-    from inferd.preprocess import Preprocessor
+    from inferd.engine.preprocess import Preprocessor
 
     prep = Preprocessor(recipe_from(RECIPE).preprocess, pre.backend.inputs[0])
     for i, f in enumerate(sorted(camera_frames.glob("*.png"))[:12]):

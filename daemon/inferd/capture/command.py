@@ -59,7 +59,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     keys = ("url", "to", "to_type", "source", "model", "fps", "size", "loop", "pace", "encoding",
             "input_format", "metrics")  # fmt: skip
     if args.log_level is None:  # a camera process says what it does: streaming, reconnecting (why)
-        from inferd.logs import setup_logging
+        from inferd.service.logs import setup_logging
 
         setup_logging("info")
     cfg = load_capture_config(args.config, {k: getattr(args, k) for k in keys})

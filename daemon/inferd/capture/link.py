@@ -23,7 +23,7 @@ from inferd.capture.metrics import CaptureMetrics
 from inferd.capture.sources import reach
 from inferd.client import FramePublisher, InferClient
 from inferd.errors import RequestError, RequestTimeout
-from inferd.ipc import ipc_listener
+from inferd.ingest.ipc import ipc_listener
 
 log = logging.getLogger("inferd.capture")
 

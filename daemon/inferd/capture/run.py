@@ -22,7 +22,7 @@ from inferd.capture.config import CaptureConfig
 from inferd.capture.link import Link
 from inferd.capture.metrics import CaptureMetrics
 from inferd.capture.sources import SourceError, frames, redact
-from inferd.service import Notifier, watchdog_interval
+from inferd.service.systemd import Notifier, watchdog_interval
 
 log = logging.getLogger("inferd.capture")
 

@@ -8,10 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from inferd.backends import EXTENSIONS
-from inferd.backends.onnx import OnnxConfig
-from inferd.backends.tflite import TfliteConfig
 from inferd.config.base import Size, Strict
+from inferd.engine.backends import EXTENSIONS
+from inferd.engine.backends.onnx import OnnxConfig
+from inferd.engine.backends.tflite import TfliteConfig
 
 
 class PreprocessConfig(Strict):

@@ -1,4 +1,4 @@
-"""The `mqtt:` section: results to an MQTT broker and Home Assistant (mqtt.py, homeassistant.py)."""
+"""The `mqtt:` section: results to an MQTT broker and Home Assistant (outputs/mqtt.py, homeassistant.py)."""
 
 from __future__ import annotations
 

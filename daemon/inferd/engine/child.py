@@ -23,14 +23,14 @@ from pathlib import Path
 import zmq
 
 from inferd.engine import messages as m
+from inferd.engine.pipeline import Frame, Worker
 from inferd.engine.slots import SlotReader
 from inferd.engine.tally import Tally
 from inferd.errors import InferdError
-from inferd.frigate import FrigateCodec
-from inferd.pipeline import Frame, Worker
+from inferd.ingest.frigate import FrigateCodec
+from inferd.outputs.replies import Replies
 from inferd.protocol import decode_header
-from inferd.replies import Replies
-from inferd.service import name_os_thread
+from inferd.service.systemd import name_os_thread
 
 log = logging.getLogger("inferd.worker")
 FLUSH_S = 0.1  # metrics reach the daemon at least this often while busy (and at once when idle)
@@ -206,8 +206,8 @@ def main() -> int:
         signal.signal(sig, signal.SIG_IGN)
     _die_with_parent()
     from inferd.config import ModelConfig
-    from inferd.logs import setup_logging
-    from inferd.models import load_model
+    from inferd.engine.models import load_model
+    from inferd.service.logs import setup_logging
 
     setup_logging(spec.get("log_level", "info"))
     try:

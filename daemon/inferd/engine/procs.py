@@ -26,10 +26,10 @@ from itertools import count
 import zmq
 
 from inferd.engine import messages as m
+from inferd.engine.pipeline import Frame, ModelQueue
 from inferd.engine.slots import Slot
 from inferd.engine.tally import apply
 from inferd.errors import ModelLoadError
-from inferd.pipeline import Frame, ModelQueue
 
 log = logging.getLogger("inferd.workers")
 START_TIMEOUT_S = 120.0

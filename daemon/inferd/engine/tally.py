@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
-from inferd.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+from inferd.service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 
 # the Metrics attributes a worker records (drops, rejects and errors are counted by the daemon)
 HISTOGRAMS = (

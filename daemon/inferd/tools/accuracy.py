@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inferd.engine.models import Model
 from inferd.errors import InferdError
-from inferd.models import Model
 from inferd.tools.frames import FramesError, read_parts
 
 

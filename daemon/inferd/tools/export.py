@@ -111,7 +111,7 @@ def export_model(
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    from inferd.models import file_sha256
+    from inferd.engine.models import file_sha256
 
     report.sha256 = file_sha256(out)
     return report

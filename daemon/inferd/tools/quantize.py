@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from inferd.config import ModelConfig, PreprocessConfig, load_config
+from inferd.engine.models import Model, file_sha256, load_model, resolve_path
 from inferd.errors import InferdError
-from inferd.models import Model, file_sha256, load_model, resolve_path
 from inferd.tools.accuracy import score_output
 from inferd.tools.entry import model_entry
 from inferd.tools.frames import frame_files, read_parts

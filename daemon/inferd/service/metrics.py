@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inferd import __version__
-from inferd.telemetry import DeviceCollector
+from inferd.service.telemetry import DeviceCollector
 
 # No `_created` series: they double the exposition size and nothing here reads them.
 disable_created_metrics()

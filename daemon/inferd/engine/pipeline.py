@@ -20,7 +20,7 @@ import numpy as np
 from inferd.config import SourceConfig
 from inferd.errors import FrameError, InferenceError
 from inferd.protocol import FrameHeader, decode_payload
-from inferd.service import name_os_thread
+from inferd.service.systemd import name_os_thread
 
 log = logging.getLogger("inferd.pipeline")
 _DECODE_LOCK = threading.Lock()  # JPEG/PNG frames shared by several models are decoded once

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from inferd.backends import create_backend, sniff_format
-from inferd.backends.base import Backend
 from inferd.config import Config, ModelConfig, PreprocessConfig, check_not_world_writable
+from inferd.engine.backends import create_backend, sniff_format
+from inferd.engine.backends.base import Backend
+from inferd.engine.geometry import Geometry
+from inferd.engine.postprocess import Decoded, make_postprocessor
+from inferd.engine.preprocess import Preprocessor
 from inferd.errors import ConfigError, FrameError, InferdError, InferenceError, ModelLoadError
-from inferd.geometry import Geometry
-from inferd.postprocess import Decoded, make_postprocessor
-from inferd.preprocess import Preprocessor
 
 log = logging.getLogger("inferd.models")
 

@@ -6,9 +6,9 @@ import fnmatch
 import time
 
 from inferd.config import Config
-from inferd.pipeline import Frame, ModelQueue, SourcePolicies
-from inferd.replies import Replies
-from inferd.security import RateLimiter
+from inferd.engine.pipeline import Frame, ModelQueue, SourcePolicies
+from inferd.ingest.security import RateLimiter
+from inferd.outputs.replies import Replies
 
 
 class Dispatcher:

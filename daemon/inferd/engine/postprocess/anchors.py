@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from inferd.backends.base import TensorSpec
 from inferd.config import AnchorsConfig
+from inferd.engine.backends.base import TensorSpec
 from inferd.errors import ConfigError
 
 

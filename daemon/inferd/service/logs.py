@@ -35,7 +35,7 @@ def setup_logging(level: str = "info") -> None:
     """One line per event on stderr. Under journald (JOURNAL_STREAM) no own timestamps."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
-        from inferd.service import JournalFormatter
+        from inferd.service.systemd import JournalFormatter
 
         handler.setFormatter(JournalFormatter("%(message)s"))
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inferd.backends.base import Quantization
+from inferd.engine.backends.base import Quantization
 
 # ModelProto.graph = 7; GraphProto.node = 1, initializer = 5; NodeProto.input/output/op_type/domain
 _GRAPH, _NODE, _INIT = 7, 1, 5

@@ -16,8 +16,8 @@ from typing import Any
 
 import zmq
 
-from inferd.pipeline import Frame, Timings
-from inferd.postprocess import PARTS
+from inferd.engine.pipeline import Frame, Timings
+from inferd.engine.postprocess import PARTS
 from inferd.protocol import VERSION, decode_tensors, encode_header, tensor_specs
 
 log = logging.getLogger("inferd.transport")

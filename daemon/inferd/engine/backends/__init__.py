@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from inferd.backends.base import Backend
     from inferd.config import ModelConfig
+    from inferd.engine.backends.base import Backend
 
 Loader = Callable[["ModelConfig", Path, str], "Backend"]
 BACKENDS: dict[str, Loader] = {}
@@ -31,7 +31,7 @@ def create_backend(cfg: ModelConfig, path: Path, runtime_level: str = "warning")
     `runtime_level` is the lowest level of the runtime's own messages to keep.
     """
     # Importing the modules registers them; neither imports its runtime at module level.
-    from inferd.backends import onnx, tflite  # noqa: F401
+    from inferd.engine.backends import onnx, tflite  # noqa: F401
 
     return BACKENDS[cfg.runtime.type](cfg, path, runtime_level)
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from inferd.backends.base import TensorSpec
 from inferd.config import SegmentPostprocess
-from inferd.geometry import Geometry
-from inferd.postprocess.base import Decoded, label, output_index
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.geometry import Geometry
+from inferd.engine.postprocess.base import Decoded, label, output_index
 
 PARTS = "_parts"  # key of a decoded result's binary attachments (sent as reply parts, see replies.py)
 

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from inferd.backends.base import TensorSpec
 from inferd.config import DetectPostprocess
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.geometry import Geometry
+from inferd.engine.postprocess.anchors import Anchors
+from inferd.engine.postprocess.base import Decoded, label, output_index
+from inferd.engine.postprocess.nms import nms, weighted_nms
 from inferd.errors import ConfigError
-from inferd.geometry import Geometry
-from inferd.postprocess.anchors import Anchors
-from inferd.postprocess.base import Decoded, label, output_index
-from inferd.postprocess.nms import nms, weighted_nms
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]  # boxes, scores, classes, kps
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from inferd.cli.demo_video import start_video_camera
 from inferd.client import FramePublisher, ResultSubscriber
 from inferd.config import EndpointConfig, MetricsConfig, ResultsConfig, load_config
 from inferd.daemon import Daemon
-from inferd.demo_video import start_video_camera
 from inferd.errors import RequestTimeout
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "inferd.yaml"
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[3] / "examples" / "inferd.yaml"
 
 
 def free_port(preferred: int | None = None) -> int:

@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
+from inferd.engine.preprocess import as_image
 from inferd.errors import FrameError
-from inferd.preprocess import as_image
 from inferd.protocol import FrameHeader, PartSpec
 
 log = logging.getLogger("inferd.frigate")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from inferd.backends.base import TensorSpec
+from inferd.engine.backends.base import TensorSpec
 from inferd.errors import ConfigError
 
 Decoded = dict[str, Any] | None

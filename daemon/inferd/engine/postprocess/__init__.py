@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from inferd.backends.base import TensorSpec
 from inferd.config import ClassifyPostprocess, DetectPostprocess, SegmentPostprocess
-from inferd.postprocess.base import Decoded, output_index
-from inferd.postprocess.classify import Classify, Smoother, softmax
-from inferd.postprocess.detect import Detect
-from inferd.postprocess.nms import nms, weighted_nms
-from inferd.postprocess.segment import PARTS, Segment
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.postprocess.base import Decoded, output_index
+from inferd.engine.postprocess.classify import Classify, Smoother, softmax
+from inferd.engine.postprocess.detect import Detect
+from inferd.engine.postprocess.nms import nms, weighted_nms
+from inferd.engine.postprocess.segment import PARTS, Segment
 
 __all__ = [
     "PARTS", "Classify", "Decoded", "Detect", "Segment", "Smoother", "make_postprocessor", "nms",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from inferd.backends.base import TensorSpec
 from inferd.config import PreprocessConfig
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.geometry import Geometry, geometry, plan
 from inferd.errors import ConfigError, FrameError
-from inferd.geometry import Geometry, geometry, plan
 
 _IMAGE_DTYPES = (np.uint8, np.float32)
 _FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "area": 4}  # PIL.Image.Resampling values

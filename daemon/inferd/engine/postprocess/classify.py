@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from inferd.backends.base import TensorSpec
 from inferd.config import ClassifyPostprocess, SmoothConfig
-from inferd.postprocess.base import Decoded, label, output_index
+from inferd.engine.backends.base import TensorSpec
+from inferd.engine.postprocess.base import Decoded, label, output_index
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from inferd.backends import register
-from inferd.backends.base import TensorSpec, available_cores
-from inferd.backends.onnx_graph import read_graph
+from inferd.engine.backends import register
+from inferd.engine.backends.base import TensorSpec, available_cores
+from inferd.engine.backends.onnx_graph import read_graph
 from inferd.errors import ModelLoadError
-from inferd.logs import LEVELS, native_stderr_to
+from inferd.service.logs import LEVELS, native_stderr_to
 
 if TYPE_CHECKING:
     from inferd.config import ModelConfig

@@ -1,4 +1,5 @@
-"""ZeroMQ sockets: ingest (PULL / SUB / ROUTER), results (PUB), and the IO thread that reads them.
+"""The IO loop: binds the ingest sockets (PULL / SUB / ROUTER; endpoints.py makes them) and the
+results socket (PUB), and the IO thread that reads them.
 
 ZeroMQ sockets are not thread-safe: a socket used from several threads must be used under a
 mutex (the "full fence" libzmq asks for). The IO thread reads every ingest socket. A worker
@@ -22,99 +23,20 @@ from typing import Any
 import zmq
 
 from inferd.config import Config, EndpointConfig, ResultsConfig
+from inferd.engine.pipeline import Frame
 from inferd.errors import FrameError
-from inferd.frigate import FrigateRequests, error_reply
-from inferd.ipc import prepare_ipc, unlink_ipc
-from inferd.pipeline import Frame
+from inferd.ingest.endpoints import Endpoint, check_size, open_results, open_socket
+from inferd.ingest.frigate import FrigateRequests, error_reply
+from inferd.ingest.ipc import unlink_ipc
+from inferd.outputs.publisher import answer_hellos
+from inferd.outputs.replies import OUTBOX, Replies
 from inferd.protocol import decode_header, decode_payload
-from inferd.publisher import answer_hellos, bind_results
-from inferd.replies import OUTBOX, Replies
-from inferd.security import load_secret, secure_ipc
-from inferd.service import name_os_thread
+from inferd.service.systemd import name_os_thread
 
 log = logging.getLogger("inferd.transport")
 
 MAX_SOURCES = 1024  # bounds metric label cardinality against senders inventing source names
 SWEEP_S = 0.02  # how often queued frames are checked for passed deadlines
-_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-
-
-# libzmq's own limit (ZMQ_MAXMSGSIZE, per part) is this many times an endpoint's
-# max_message_bytes: a message over it is cut off by libzmq, which closes the sender's connection
-# and tells nobody; one between the two limits is read whole, answered `too_large` and counted. The
-# mistakes that make a frame too large (float32 for uint8, 4K for 1080p) are 4x or less.
-HARD_LIMIT_FACTOR = 4
-
-
-def check_size(parts: list[zmq.Frame], cfg: EndpointConfig) -> None:
-    """FrameError `too_large` for a message over the endpoint's max_message_bytes."""
-    total = sum(len(p) for p in parts)
-    if total > cfg.max_message_bytes:
-        raise FrameError(
-            "too_large",
-            f"message is {total} bytes, the limit is {cfg.max_message_bytes} (endpoints[].max_message_bytes)",
-        )
-
-
-class Endpoint:
-    """One ingest socket with its config and a stable id.
-
-    A router-like endpoint (router, frigate) is answered by the workers: `reply` sends on its
-    socket under `lock`, which the IO thread also holds while it reads.
-    """
-
-    def __init__(self, eid: int, cfg: EndpointConfig, sock: zmq.Socket, frigate=None, wake=None) -> None:
-        self.id, self.cfg, self.sock = eid, cfg, sock
-        self.frigate: FrigateRequests | None = frigate  # a frigate endpoint's request parser
-        self.replies = cfg.type in ("router", "frigate")
-        self.lock = threading.Lock()
-        self.closed = False
-        self.wake = wake  # wakes the IO thread (a reply's send saw a new request arrive)
-        self.io_thread: int | None = None  # the IO thread's ident: it reads on anyway, no wake needed
-        self.watch = sock.getsockopt(zmq.FD) if self.replies else sock  # what the IO thread polls
-
-    def reply(self, parts: list) -> None:
-        """Send a reply to a peer (any thread). A peer that went away is not an error."""
-        with self.lock:
-            if self.closed:
-                return  # the endpoint went away in a reload or at stop
-            sock = self.sock
-            try:  # part by part with int flags: send_multipart's enum arithmetic costs more
-                for part in parts[:-1]:
-                    sock.send(part, _MORE, copy=False)
-                sock.send(parts[-1], _LAST, copy=False)
-            except zmq.ZMQError as e:  # ROUTER takes or drops a whole message at its first part
-                log.debug("reply to a router peer not sent: %s", e)
-            # the send may have consumed the FD's signal of a request that arrived meanwhile
-            arrived = sock.getsockopt(_EVENTS) & _POLLIN
-        if arrived and self.wake is not None and threading.get_ident() != self.io_thread:
-            self.wake(self.id)
-
-    def recv(self) -> list[zmq.Frame] | None:
-        """The next message, or None (IO thread)."""
-        if not self.replies:
-            try:
-                return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return None
-        with self.lock:
-            if not self.sock.getsockopt(_EVENTS) & _POLLIN:  # cheaper than raising Again
-                return None
-            try:
-                return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return None
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            self.sock.close(linger=0)
-
-    def reopen(self, sock: zmq.Socket) -> None:
-        with self.lock:
-            self.sock, self.closed = sock, False
-            self.watch = sock.getsockopt(zmq.FD) if self.replies else sock
 
 
 class Transport:
@@ -176,59 +98,10 @@ class Transport:
         return ep
 
     def _publisher(self, res: ResultsConfig) -> zmq.Socket:
-        secure = (
-            (lambda s: self._secure(s, res, "results")) if res.curve or res.allow_ips is not None else None
-        )
-        try:
-            prepare_ipc(res.bind)
-            pub = bind_results(self.ctx, res.bind, res.sndhwm, secure)
-            ipc = self.config.security.ipc
-            secure_ipc(res.bind, ipc.mode, ipc.group)
-        except (zmq.ZMQError, OSError) as e:
-            raise OSError(f"results {res.bind}: {e}") from None
-        return pub
+        return open_results(self.ctx, self.config, self.auth, res)
 
     def _socket(self, ep: EndpointConfig, eid: int = 0) -> zmq.Socket:
-        kind = {"pull": zmq.PULL, "sub": zmq.SUB, "router": zmq.ROUTER, "frigate": zmq.ROUTER}[ep.type]
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.MAXMSGSIZE, min(ep.max_message_bytes * HARD_LIMIT_FACTOR, 2**62))
-        sock.setsockopt(zmq.RCVHWM, ep.rcvhwm)
-        sock.setsockopt(zmq.LINGER, 0)
-        if ep.type in ("router", "frigate"):
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished peer's reply is dropped, never blocks
-            sock.setsockopt(zmq.SNDHWM, ep.sndhwm)
-        if ep.curve or ep.allow_ips is not None:
-            self._secure(sock, ep, f"ep{eid}")
-        if ep.type == "sub":
-            for topic in ep.topics:
-                sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        try:
-            if ep.bind:
-                prepare_ipc(ep.bind)
-                sock.bind(ep.bind)
-                ipc = self.config.security.ipc
-                secure_ipc(ep.bind, ipc.mode, ipc.group)
-            for addr in ep.connect or []:
-                sock.connect(addr)
-        except (zmq.ZMQError, OSError) as e:
-            sock.close(linger=0)
-            raise OSError(f"endpoint {ep.type} {ep.bind or ep.connect}: {e}") from None
-        return sock
-
-    def _secure(self, sock: zmq.Socket, ep: EndpointConfig | ResultsConfig, domain: str) -> None:
-        """CURVE server keys and/or an address allowlist, enforced by the ZAP authenticator."""
-        if self.auth is None:
-            raise OSError(f"{ep.bind}: curve/allow_ips need the authenticator")
-        sock.zap_domain = domain.encode()
-        if ep.allow_ips is not None:
-            self.auth.allow_networks(domain, ep.allow_ips)
-        if ep.curve:
-            curve = self.config.security.curve
-            public, secret = load_secret(curve.server_key)
-            sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
-            if not curve.clients_dir.is_dir():
-                raise OSError(f"security.curve.clients_dir {curve.clients_dir} is not a folder")
-            self.auth.configure_curve(domain=domain, location=str(curve.clients_dir))
+        return open_socket(self.ctx, self.config, self.auth, ep, eid)
 
     # ---- changes while running (reload) ------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Around the daemon: systemd notify/watchdog, health, metrics, telemetry, logs."""
