@@ -100,5 +100,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(30)
+        code = self.proc.wait(30)
+        if code != 0:  # a benchmark of a daemon that crashed says so
+            print(f"inferd exited {code}:\n{Path(self.tmp.name, 'log').read_text()[-3000:]}", flush=True)
         self.tmp.cleanup()

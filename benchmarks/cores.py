@@ -86,16 +86,19 @@ def _bare(path: str, kind: str, shape: tuple, ready, times, out) -> None:
     out.put(n)
 
 
-def _push(address: str, source: str, kind: str, shape: tuple, ready, times, out) -> None:
+def _push(address: str, source: str, kind: str, shape: tuple, rate: float, ready, times, out) -> None:
     from inferd.client import FramePublisher
 
     frames = make_frames(kind, shape)
     with FramePublisher(address, source=source, sndhwm=16) as pub:
         ready.release()
         start, end = times.get()
-        _wait_until(start - WARMUP_S)
+        t0 = start - WARMUP_S
+        _wait_until(t0)
         i = 0
-        while time.monotonic() < end:
+        while (now := time.monotonic()) < end:
+            if rate and (ahead := t0 + i / rate - now) > 0:
+                time.sleep(ahead)  # paced: the daemon's CPU per frame measured without contention
             pub.send(frames[i % len(frames)], model="m")
             i += 1
     out.put(0)
@@ -209,7 +212,7 @@ def _sampler(pid: int):
 # ---- one row ---------------------------------------------------------------------------------
 
 
-def run_row(case: str, k: int, seconds: float, workers: str, pushers: int | None) -> dict:
+def run_row(case: str, k: int, seconds: float, workers: str, pushers: int | None, rate: float = 0) -> dict:
     model, kind, shape, options, _ = CASES[case]
     path = str(model_path(model))
     bare = sum(_run([(_bare, (path, kind, shape))] * k, seconds)) / seconds
@@ -218,22 +221,24 @@ def run_row(case: str, k: int, seconds: float, workers: str, pushers: int | None
         "sources:\n  - {match: '*', policy: fifo, queue_size: 64}\n",
     )
     try:
-        p = pushers or max(2, k)
-        jobs = [(_push, (d.pull, f"cam{i}", kind, shape)) for i in range(p)] + [(_count, (d.results,))]
+        p = pushers or (1 if rate else max(2, k))
+        jobs = [(_push, (d.pull, f"cam{i}", kind, shape, rate / p)) for i in range(p)] + [
+            (_count, (d.results,))
+        ]
         counts, (cpu, io) = _run(jobs, seconds, _sampler(d.proc.pid))
         stream = counts[-1] / seconds
         router = sum(_run([(_ask, (d.router, kind, shape))] * (2 * k), seconds)) / seconds
     finally:
         d.stop()
     row = {
-        "case": case, "k": k, "workers": workers, "bare_fps": round(bare, 1), "stream_fps": round(stream, 1),
+        "case": case, "k": k, "workers": workers, "rate": rate, "bare_fps": round(bare, 1), "stream_fps": round(stream, 1),
         "router_fps": round(router, 1), "stream_vs_bare": round(stream / bare, 3),
         "router_vs_bare": round(router / bare, 3),
         "daemon_cpu_us_per_frame": round(cpu / max(counts[-1], 1) * 1e6, 1),
         "io_thread_us_per_frame": round(io / max(counts[-1], 1) * 1e6, 1),
     }  # fmt: skip
     print(
-        f"{case:7} K={k:<2} {workers:9} bare {bare:9.0f}/s | stream {stream:9.0f}/s {row['stream_vs_bare']:5.2f}x"
+        f"{case:7} K={k:<2} {workers:9} {f'@{rate:g}/s ' if rate else ''}bare {bare:9.0f}/s | stream {stream:9.0f}/s {row['stream_vs_bare']:5.2f}x"
         f" | router {router:9.0f}/s {row['router_vs_bare']:5.2f}x | daemon CPU {row['daemon_cpu_us_per_frame']:7.1f}"
         f" us/frame, IO thread {row['io_thread_us_per_frame']:5.1f} us/frame",
         flush=True,
@@ -247,7 +252,14 @@ def main() -> None:
     p.add_argument("--ks", nargs="*", type=int, help="K values (default: each case's own)")
     p.add_argument("--workers", nargs="*", default=["processes"], choices=["processes", "threads", "auto"])
     p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--pushers", type=int, help="publisher processes (default: max(2, K))")
+    p.add_argument("--pushers", type=int, help="publisher processes (default: max(2, K); paced: 1)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0,
+        help="pace the stream at this many frames/s in all "
+        "(0: as fast as the daemon takes them); the daemon's CPU per frame is measured quiet",
+    )
     p.add_argument("--name", default="cores", help="results/NAME.json")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -258,7 +270,7 @@ def main() -> None:
                 print(f"{case} K={k}: skipped, this machine has {cores} cores")
                 continue
             for workers in args.workers:
-                rows.append(run_row(case, k, args.seconds, workers, args.pushers))
+                rows.append(run_row(case, k, args.seconds, workers, args.pushers, args.rate))
     print("saved", save(args.name, {"rows": rows, "seconds": args.seconds}))
 
 

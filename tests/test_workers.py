@@ -146,15 +146,26 @@ def test_a_killed_worker_costs_only_its_frames_and_comes_back(daemon):
         got[h["id"]] = h
     dealer.close()
     push.close()
-    died = [h for h in got.values() if h["status"] != "ok"]
-    assert len(died) == 1 and died[0]["id"] in ("hold0", "hold1"), got
-    assert died[0]["error"]["reason"] == "worker_died", died
-    assert "killed by signal 9" in died[0]["error"]["message"]
-    assert sorted(k for k, h in got.items() if h["status"] == "ok" and k.startswith("a")) == [
-        f"a{i}" for i in range(6)
-    ]
-    # the other held frame, the 6 requests and the 6 pushed frames
-    daemon.wait_metric("inferd_inferences_total", served + 13, model="busy", status="ok", timeout=60)
+    assert len(got) == 8, got  # every request answered, once
+    died = {k: h for k, h in got.items() if h["status"] != "ok"}
+    # the victim held its long frame, and perhaps one frame sent ahead (fifo sources)
+    assert len([k for k in died if k.startswith("hold")]) == 1 and len(died) <= 2, got
+    for h in died.values():
+        assert h["error"]["reason"] == "worker_died", h
+        assert "killed by signal 9" in h["error"]["message"]
+    lost = len(died) - 1
+    # every streamed frame is counted: served, or dropped `worker_died` (at most the one sent ahead)
+    end = time.monotonic() + 60
+    while True:
+        pushed_ok = (
+            daemon.metric("inferd_inferences_total", model="busy", status="ok") - served - (8 - len(died))
+        )
+        pushed_died = daemon.metric("inferd_frames_dropped_total", source="pushed", reason="worker_died")
+        if pushed_ok + pushed_died == 6:
+            break
+        assert time.monotonic() < end, (pushed_ok, pushed_died)
+        time.sleep(0.05)
+    assert lost + pushed_died <= 1
     assert daemon.metric("inferd_frames_dropped_total", source="hold", reason="worker_died") == 1
     daemon.wait_metric("inferd_worker_restarts_total", restarts + 1, model="busy")
     end = time.monotonic() + 30

@@ -186,6 +186,7 @@ class Daemon:
             self.start_auth()
         self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics, self.auth)
         self.transport.hub = self.hub
+        self.metrics.before_collect = self._sync_workers
         for pool in self.pools.values():
             self.hub.add(pool)
         self.transport.bind()
@@ -386,6 +387,19 @@ class Daemon:
         t.start()
         self._retiring.append(t)
 
+    def _sync_workers(self, timeout: float = 1.0) -> None:
+        """Before a scrape: every worker process's counts, so a result already received is counted
+        (a worker inside a long inference answers from its tally thread at once)."""
+        hub, transport = self.hub, self.transport
+        if hub is None or transport is None or transport.stopped.is_set() or not hub.pools:
+            return
+        try:
+            sync, asked = transport.call(hub.request_sync, timeout)
+        except (TimeoutError, OSError):
+            return
+        if not hub.wait_sync(sync, asked, timeout):
+            log.debug("a worker process did not send its counts within %.1f s of a scrape", timeout)
+
     # ---- health ------------------------------------------------------------------------------
 
     def all_workers(self) -> list:
@@ -398,6 +412,9 @@ class Daemon:
         for q in list(self.queues.values()):
             for source, n in q.depths().items():
                 depths[source] = depths.get(source, 0) + n
+        for pool in list(self.pools.values()):  # a fifo frame waiting inside a worker is queued too
+            for source in pool.waiting():
+                depths[source] = depths.get(source, 0) + 1
         return depths
 
     def health(self) -> tuple[bool, dict]:

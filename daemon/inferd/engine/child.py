@@ -17,9 +17,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from inferd.engine import messages as m
@@ -33,8 +35,7 @@ from inferd.protocol import decode_header
 from inferd.service.systemd import name_os_thread
 
 log = logging.getLogger("inferd.worker")
-FLUSH_S = 0.1  # metrics reach the daemon at least this often while busy (and at once when idle)
-BEAT_S = 1.0  # an idle worker says it is alive this often (the daemon's /healthz sees a stopped one)
+BEAT_S = 1.0  # the tally thread says the process is alive this often (the daemon sees a stopped one)
 
 
 class _Answer:
@@ -103,23 +104,45 @@ class Child:
         self.codec = FrigateCodec()
         self.out: list[list] = []
         self.ctx = zmq.Context(1)
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, spec["identity"].encode())
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.connect(spec["hub"])
+        self.sock = self._connect(spec, spec["identity"].encode())
         self.sock.send(m.HELLO)
-        self.last_flush = time.monotonic()
+        self.tally_sock = self._connect(spec, spec["identity"].encode() + m.TALLY)
+        self.tally_thread = threading.Thread(target=self._tally, name="tally", daemon=True)
+        self.stopping = threading.Event()
+        self.tally_thread.start()
+
+    def _connect(self, spec: dict, identity: bytes) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, identity)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(spec["hub"])
+        return sock
+
+    def _tally(self) -> None:
+        """The tally thread: the counts when the daemon asks (a scrape), and every second (the
+        heartbeat that says this process is alive, inference or not)."""
+        name_os_thread(f"tally:{self.name}")
+        sock = self.tally_sock
+        while not self.stopping.is_set():
+            sync = 0
+            if sock.poll(BEAT_S * 1000):
+                sync = m.SYNC_ID.unpack(sock.recv()[: m.SYNC_ID.size])[1]
+            self.flush(sync)
+
+    def flush(self, sync: int = 0) -> None:
+        rows = self.tally.drain()
+        self.tally_sock.send_multipart([m.SYNC_ID.pack(m.METRICS, sync), json.dumps(rows).encode()])
 
     def frame(self, msg: list) -> Frame:
-        token, received, wall, max_age, max_elements, slot, how, spans = m.unpack_meta(msg[1].buffer)
-        header = decode_header(msg[2].buffer)
+        token, received, wall, max_age, max_elements, slot, how, spans, raw = m.unpack_frame(msg[0].buffer)
+        header = decode_header(raw)
         if slot >= 0:
             buf = self.slots[slot].buffer(max((o + n for o, n in spans), default=0))
             payloads = [buf[o : o + n] for o, n in spans]
         else:
-            payloads = [p.buffer for p in msg[3:]]
+            payloads = [p.buffer for p in msg[1:]]
         topic = f"{self.name}/{header.source}".encode() if how == m.STREAM else None
         frame = Frame(
             header, payloads, received, wall, (_Answer(token, topic, self.out), []),
@@ -132,31 +155,29 @@ class Child:
 
     def run(self) -> None:
         sock, batch = self.sock, self.worker.max_batch
-        delay_ms = self.worker.max_delay * 1000
-        while True:
-            if not sock.poll(FLUSH_S * 1000):
-                self.flush()
-                continue
+        delay = self.worker.max_delay
+        stop = False
+        while not stop:
             msg = sock.recv_multipart(copy=False)
-            if msg[0].bytes == m.STOP:
+            if msg[0].bytes[:1] == m.STOP:
                 break
             frames = [self.frame(msg)]
-            stop = False
-            end = time.monotonic() + delay_ms / 1000
+            end = time.monotonic() + delay
             while len(frames) < batch:
                 left = max(0.0, end - time.monotonic()) * 1000
                 if not sock.poll(left):
                     break
                 msg = sock.recv_multipart(copy=False)
-                if msg[0].bytes == m.STOP:
+                if msg[0].bytes[:1] == m.STOP:
                     stop = True
                     break
                 frames.append(self.frame(msg))
             self.serve(frames)
-            if stop:
-                break
+        self.stopping.set()
+        self.tally_thread.join(BEAT_S * 2)
         self.flush()
         self.sock.close()
+        self.tally_sock.close()
         self.ctx.term()
 
     def serve(self, frames: list[Frame]) -> None:
@@ -171,19 +192,9 @@ class Child:
                 if frame.reply_to[0].token not in answered:
                     self.relay.error(frame, self.name, "internal", "internal error, see the daemon log")
         self.worker.current = []
-        now = time.monotonic()
-        if now - self.last_flush >= FLUSH_S or not self.sock.poll(0):
-            self.flush()  # before the answers: the metrics of a result are in before the result
         out, self.out[:] = list(self.out), []
-        for parts in out:
-            self.sock.send_multipart(parts, copy=False)
-
-    def flush(self) -> None:
-        now = time.monotonic()
-        rows = self.tally.drain()
-        if rows or now - self.last_flush >= BEAT_S:
-            self.last_flush = now
-            self.sock.send_multipart([m.METRICS, json.dumps(rows).encode()])
+        for parts in out:  # small parts are cheaper copied; tensors go as they are
+            self.sock.send_multipart(parts, copy=not any(isinstance(p, np.ndarray) for p in parts))
 
 
 def _die_with_parent() -> None:

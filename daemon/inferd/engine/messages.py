@@ -1,13 +1,17 @@
 """What the daemon and its worker processes say to each other (one ROUTER in the daemon, a DEALER
 in each worker, over ipc:// in a private folder). Small fixed headers: the pixels are in the slots.
 
-daemon -> worker   [FRAME meta, frame header JSON, inline payloads...]   (inline: no slot fits)
+daemon -> worker   [FRAME meta + frame header JSON, inline payloads...]  (one part; inline: no slot)
                    [STOP]
 worker -> daemon   [RESULT token, topic, header, tensors...]             a streamed frame's result
                    [REPLY token, parts...]                               a router/frigate frame's answer
                    [DROP|REJECT|ERROR token, reason, message]            counted (and answered) by the daemon
-                   [METRICS json]                                        a Tally's rows (tally.py)
                    [HELLO]                                               connected, model loaded
+daemon -> tally    [SYNC id]                                             a scrape wants the counts now
+tally -> daemon    [METRICS id, json]                                    a Tally's rows (tally.py); id 0:
+                                                                         the every-second heartbeat
+The tally end is a second DEALER in the worker (identity + TALLY), served by its own thread, so it
+answers while the worker is inside an inference. Few parts per message: each costs ~3 us in Python.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import struct
 
 FRAME, STOP = b"F", b"S"
 RESULT, REPLY, DROP, REJECT, ERROR, METRICS, HELLO = b"P", b"R", b"D", b"J", b"E", b"M", b"H"
+SYNC = b"Y"
+TALLY = b"+t"  # the tally socket's identity: the worker's own plus this
+SYNC_ID = struct.Struct("<cQ")  # SYNC or METRICS, sync id
 
 STREAM, ROUTER, FRIGATE = 0, 1, 2  # how a frame is answered
 # token, received (monotonic), received (wall), max_age_ms (<0: none), max_elements (<0: none),
@@ -25,12 +32,15 @@ PART = struct.Struct("<QQ")
 TOKEN = struct.Struct("<cQ")  # a worker's answer: kind, token
 
 
-def pack_meta(token, received, wall, max_age, max_elements, slot, how, spans) -> bytes:
+def pack_frame(token, received, wall, max_age, max_elements, slot, how, spans, header) -> bytes:
+    """FRAME, its meta, its spans and the frame's header in one part."""
     head = META.pack(token, received, wall, max_age, max_elements, slot, how, len(spans))
-    return head + b"".join(PART.pack(o, n) for o, n in spans)
+    return b"".join((FRAME, head, *(PART.pack(o, n) for o, n in spans), header))
 
 
-def unpack_meta(data) -> tuple:
-    token, received, wall, max_age, max_elements, slot, how, n = META.unpack_from(data)
-    spans = [PART.unpack_from(data, META.size + i * PART.size) for i in range(n)]
-    return token, received, wall, max_age, max_elements, slot, how, spans
+def unpack_frame(data) -> tuple:
+    """(token, received, wall, max_age, max_elements, slot, how, spans, header bytes)."""
+    token, received, wall, max_age, max_elements, slot, how, n = META.unpack_from(data, 1)
+    at = 1 + META.size
+    spans = [PART.unpack_from(data, at + i * PART.size) for i in range(n)]
+    return token, received, wall, max_age, max_elements, slot, how, spans, data[at + n * PART.size :]

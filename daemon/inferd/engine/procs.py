@@ -100,16 +100,15 @@ class WorkerProcess:
 
     def send(self, sock: zmq.Socket, frame: Frame, how: int, header: bytes) -> None:
         slot = self.free.pop()
-        payloads = frame.payloads
-        spans = self.slots[slot].write(payloads)
+        spans = self.slots[slot].write(frame.payloads)
         token = next(_tokens)
         max_age = self.pool.policies(frame.source).max_age_ms
-        meta = m.pack_meta(
+        data = m.pack_frame(
             token, frame.received, frame.received_wall, -1 if max_age is None else int(max_age),
-            -1 if frame.max_elements is None else frame.max_elements, slot, how, spans,
+            -1 if frame.max_elements is None else frame.max_elements, slot, how, spans, header,
         )  # fmt: skip
         self.inflight[token] = (frame, slot, time.monotonic())
-        sock.send_multipart([self.identity, m.FRAME, meta, header], copy=False)
+        sock.send_multipart([self.identity, data])
 
     def done(self, token: int) -> Frame | None:
         entry = self.inflight.pop(token, None)
@@ -140,9 +139,11 @@ class WorkerPool:
         self.hang_after = hang_after  # service.hang_after_s: a worker this long in one inference is killed
         self.replies, self.metrics, self.policies = replies, metrics, policies
         cfg = model.cfg
-        # a worker holds at most one batch: frames wait in the model's queue, not in a worker, so
-        # drop policies, fairness and queue depth mean what they mean with threads (docs/architecture.md)
-        self.depth = cfg.batching.max_batch
+        # a worker holds one batch, plus one frame of a `fifo` source waiting for it (so it never
+        # waits for the IO thread between frames). A `latest` frame waits in the model's queue until
+        # a worker is free, where a newer frame can still replace it (docs/architecture.md)
+        self.batch = cfg.batching.max_batch
+        self.depth = self.batch + 1
         self.stateful = model.keeps_state()
         self.owner: dict[str, WorkerProcess] = {}  # source -> its worker (stateful models only)
         self.spec = dict(spec, model=cfg.model_dump(mode="json"))
@@ -168,27 +169,37 @@ class WorkerPool:
     # ---- IO thread ---------------------------------------------------------------------------
 
     def pump(self, sock: zmq.Socket) -> None:
-        """Hand queued frames to workers with room."""
-        queue = self.queue
-        for w in self.workers:
-            if not queue.size:
-                break
-            if not w.connected or not w.free:
-                continue
-            accept = None
-            if self.stateful:
-                owner = self.owner
-
-                def accept(source, w=w, owner=owner):
-                    return owner.setdefault(source, w) is w
-
-            while w.free:
-                frame = queue.take_nowait(accept)
-                if frame is None:
+        """Hand queued frames to workers with room: first up to a batch each, then one `fifo` frame
+        ahead to workers that are busy (only when every worker has its batch)."""
+        queue, policies, batch = self.queue, self.policies, self.batch
+        owner = self.owner if self.stateful else None
+        for ahead in (False, True):
+            for w in self.workers:
+                if not queue.size:
                     break
-                self._send(sock, w, frame)
+                if not w.connected or not w.free:
+                    continue
+                while w.free and (ahead or len(w.inflight) < batch):
+
+                    def accept(source: str, w=w, ahead=ahead) -> bool:
+                        if ahead and policies(source).policy != "fifo":
+                            return False
+                        return owner is None or owner.setdefault(source, w) is w
+
+                    frame = queue.take_nowait(accept if ahead or owner is not None else None)
+                    if frame is None:
+                        break
+                    self._send(sock, w, frame)
         if queue.closed and not queue.size and not any(w.inflight for w in self.workers):
             self.drained.set()
+
+    def waiting(self) -> list[str]:
+        """Any thread: the sources of frames sent ahead, waiting in a worker for its batch to end."""
+        out = []
+        for w in self.workers:
+            held = list(w.inflight.values())
+            out += [frame.source for frame, _, _ in held[self.batch :]]
+        return out
 
     def _send(self, sock: zmq.Socket, w: WorkerProcess, frame: Frame) -> None:
         if frame.codec is not None:
@@ -196,6 +207,7 @@ class WorkerPool:
         else:
             how = m.STREAM if frame.reply_to is None else m.ROUTER
             header = frame.raw_header
+            header = header.bytes if isinstance(header, zmq.Frame) else bytes(header)
         try:
             w.send(sock, frame, how, header)
         except zmq.ZMQError as e:  # the worker went away between its death and our noticing
@@ -211,7 +223,7 @@ class WorkerPool:
         elif kind == m.REPLY:
             replies.send_parts(frame.reply_to, parts)
         else:
-            reason, message = parts[0].bytes.decode(), parts[1].bytes.decode()
+            reason, message = parts[0].decode(), parts[1].decode()
             if kind == m.DROP:
                 replies.drop(frame, self.name, reason)
             elif kind == m.REJECT:
@@ -303,6 +315,9 @@ class Hub:
         self.pools: list[WorkerPool] = []
         self._workers: dict[bytes, WorkerProcess] = {}
         self._early: set[bytes] = set()  # hellos of a reload's pool that is not added yet
+        self._sync = 0  # the last scrape's request for counts (request_sync)
+        self._synced: dict[bytes, int] = {}  # worker identity -> the last request it answered
+        self._synced_cond = threading.Condition()
 
     def add(self, pool: WorkerPool) -> None:
         """IO thread (or before it runs)."""
@@ -318,7 +333,7 @@ class Hub:
 
     def _worker(self, identity: bytes) -> WorkerProcess | None:
         w = self._workers.get(identity)
-        if w is None or w.identity != identity:
+        if w is None:
             self._workers = {x.identity: x for p in self.pools for x in p.workers}
             w = self._workers.get(identity)
         return w
@@ -328,30 +343,58 @@ class Hub:
         sock = self.sock
         for _ in range(budget):
             try:
-                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = sock.recv_multipart(zmq.NOBLOCK)  # small parts: bytes are cheaper than Frames
             except zmq.Again:
                 break
-            w = self._worker(msg[0].bytes)
+            identity = msg[0]
+            tally = identity.endswith(m.TALLY)
+            w = self._worker(identity[: -len(m.TALLY)] if tally else identity)
             if w is None:  # a worker of a retired pool, an earlier life of one, or a new pool's
-                if msg[1].bytes == m.HELLO and len(self._early) < 1024:
-                    self._early.add(msg[0].bytes)
+                if msg[1] == m.HELLO and len(self._early) < 1024:
+                    self._early.add(identity)
                 continue
             try:
-                self._handle(w, msg)
+                self._handle(w, msg, tally)
             except Exception:  # a bug here must not end the IO thread: every other frame needs it
                 log.exception("model %s: bad message from worker process %d", w.pool.name, w.index)
 
-    def _handle(self, w: WorkerProcess, msg: list) -> None:
-        head = msg[1].bytes
-        if len(head) == m.TOKEN.size:
-            kind, token = m.TOKEN.unpack(head)
-            w.pool.answer(w, kind, token, msg[2:])
-        elif head == m.METRICS:  # also an idle worker's heartbeat
-            apply(self.metrics, json.loads(msg[2].bytes))
+    def _handle(self, w: WorkerProcess, msg: list, tally: bool) -> None:
+        head = msg[1]
+        if tally:  # [METRICS sync id, rows]: a scrape's answer or the heartbeat
+            sync = m.SYNC_ID.unpack(head)[1]
+            apply(self.metrics, json.loads(msg[2]))
             w.last_progress = time.monotonic()
+            if sync:
+                with self._synced_cond:
+                    self._synced[w.identity] = sync
+                    self._synced_cond.notify_all()
         elif head == m.HELLO:
             w.connected = True
             w.last_progress = time.monotonic()
+        else:
+            kind, token = m.TOKEN.unpack(head)
+            w.pool.answer(w, kind, token, msg[2:])
+
+    def request_sync(self) -> tuple[int, set[bytes]]:
+        """IO thread: ask every worker process for its counts now; (the request's id, who was asked)."""
+        self._sync += 1
+        asked = set()
+        for pool in self.pools:
+            for w in pool.workers:
+                if w.connected and w.is_alive():
+                    try:
+                        self.sock.send_multipart([w.identity + m.TALLY, m.SYNC_ID.pack(m.SYNC, self._sync)])
+                    except zmq.ZMQError:  # its tally socket is not connected (yet, or any more)
+                        continue
+                    asked.add(w.identity)
+        return self._sync, asked
+
+    def wait_sync(self, sync: int, asked: set[bytes], timeout: float) -> bool:
+        """Any thread: until every worker asked has answered `sync` (False: one did not in time)."""
+        with self._synced_cond:
+            return self._synced_cond.wait_for(
+                lambda: all(self._synced.get(i, 0) >= sync for i in asked), timeout
+            )
 
     def pump(self) -> None:
         for pool in self.pools:

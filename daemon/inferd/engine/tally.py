@@ -2,13 +2,15 @@
 
 A worker process has no registry anyone scrapes. It records what its model did (inferences,
 timings, batch sizes, result latencies) in a `Tally` with the same names and labels as
-`inferd.metrics.Metrics`, and sends what changed to the daemon when it goes idle or every 100 ms
-(`drain`); the daemon adds it to its metrics (`apply`). The daemon's exposition is then one set of
-series whatever runs where, and a counter never goes back when a worker process dies.
+`inferd.service.metrics.Metrics`; its tally thread sends what changed (`drain`) when the daemon
+asks (every scrape of /metrics does, before it renders) and every second; the daemon adds it to its
+metrics (`apply`). Nothing crosses per frame. The daemon's exposition is then one set of series
+whatever runs where, and a counter never goes back when a worker process dies.
 """
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from typing import Any
 
@@ -26,24 +28,27 @@ COUNTERS = ("inferences",)
 
 
 class _Counter:
-    __slots__ = ("value",)
+    __slots__ = ("lock", "value")
 
-    def __init__(self) -> None:
-        self.value = 0.0
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock, self.value = lock, 0.0
 
     def inc(self, amount: float = 1.0) -> None:
-        self.value += amount
+        with self.lock:
+            self.value += amount
 
 
 class _Histogram:
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "lock", "sum")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds, self.counts, self.sum = bounds, [0] * (len(bounds) + 1), 0.0
+    def __init__(self, lock: threading.Lock, bounds: tuple[float, ...]) -> None:
+        self.lock, self.bounds, self.counts, self.sum = lock, bounds, [0] * (len(bounds) + 1), 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1  # Prometheus buckets are `le`
-        self.sum += value
+        i = bisect_left(self.bounds, value)  # Prometheus buckets are `le`
+        with self.lock:
+            self.counts[i] += 1
+            self.sum += value
 
 
 class _Family:
@@ -64,25 +69,27 @@ class Tally:
 
     def __init__(self, buckets: tuple[float, ...] | list[float] | None = None) -> None:
         latency = tuple(buckets) if buckets else LATENCY_BUCKETS
+        self.lock = lock = threading.Lock()  # the worker records, its tally thread drains
         for name in HISTOGRAMS:
             bounds = tuple(float(b) for b in (BATCH_BUCKETS if name == "batch_size" else latency))
-            setattr(self, name, _Family(lambda b=bounds: _Histogram(b)))
+            setattr(self, name, _Family(lambda b=bounds: _Histogram(lock, b)))
         for name in COUNTERS:
-            setattr(self, name, _Family(_Counter))
+            setattr(self, name, _Family(lambda: _Counter(lock)))
 
     def drain(self) -> list[list[Any]]:
         """What changed since the last drain, as JSON-able rows (empty when nothing did)."""
         rows: list[list[Any]] = []
-        for name in HISTOGRAMS:
-            for labels, h in getattr(self, name).children.items():
-                if h.sum or any(h.counts):
-                    rows.append([name, list(labels), h.counts, h.sum])
-                    h.counts, h.sum = [0] * len(h.counts), 0.0
-        for name in COUNTERS:
-            for labels, c in getattr(self, name).children.items():
-                if c.value:
-                    rows.append([name, list(labels), c.value])
-                    c.value = 0.0
+        with self.lock:
+            for name in HISTOGRAMS:
+                for labels, h in list(getattr(self, name).children.items()):
+                    if h.sum or any(h.counts):
+                        rows.append([name, list(labels), h.counts, h.sum])
+                        h.counts, h.sum = [0] * len(h.counts), 0.0
+            for name in COUNTERS:
+                for labels, c in list(getattr(self, name).children.items()):
+                    if c.value:
+                        rows.append([name, list(labels), c.value])
+                        c.value = 0.0
         return rows
 
 

@@ -8,6 +8,7 @@ socket (the outbox).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -222,13 +223,8 @@ class Replies:
         with self.pub_lock:
             pub = self.pub
             if pub is not None:
-                try:
-                    pub.send(parts[0], _MORE, copy=False)
-                except zmq.Again:
-                    return
-                for part in parts[1:-1]:
-                    pub.send(part, _MORE, copy=False)
-                pub.send(parts[-1], _LAST, copy=False)
+                with contextlib.suppress(zmq.Again):  # PUB drops at its high-water mark
+                    pub.send_multipart(parts, zmq.NOBLOCK)
 
     def error(self, frame: Frame, model: str, reason: str, message: str) -> None:
         """A valid frame the model failed on."""
@@ -247,9 +243,9 @@ class Replies:
 
 def offer_wire(sink, model: str, frame: Frame, parts: list) -> None:
     """Offer the MQTT sink a result in its wire form (from a worker process)."""
-    head = json.loads(parts[1].bytes)
+    head = json.loads(parts[1])
     decoded = head.get("result")
-    outputs = decode_tensors(head["outputs"], [p.buffer for p in parts[2:]]) if decoded is None else []
+    outputs = decode_tensors(head["outputs"], [memoryview(p) for p in parts[2:]]) if decoded is None else []
     h = frame.header
     latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
     sink.offer(model, h.source, h, decoded, outputs, latency)

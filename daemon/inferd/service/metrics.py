@@ -66,6 +66,10 @@ class Metrics:
         queue_depths: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
+        # first in the registry, so it runs before any series is read: worker processes' counts
+        # are fetched at scrape time (engine/tally.py)
+        self.before_collect: Callable[[], None] | None = None
+        r.register(_BeforeCollect(self))
         buckets = tuple(buckets) if buckets else LATENCY_BUCKETS
         self.frames_received = Counter(
             "inferd_frames_received", "Frames received, by source.", ["source"], registry=r
@@ -193,6 +197,22 @@ class Metrics:
             model.name, info["runtime"], info["path"], info["sha256"], str(info["quantized"]).lower()
         ).set(1)
         self.model_load_seconds.labels(model.name).set(model.load_seconds)
+
+
+class _BeforeCollect(Collector):
+    """Yields nothing: calls `metrics.before_collect` when a scrape starts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self):
+        hook = self.metrics.before_collect
+        if hook is not None:
+            hook()
+        return iter(())
+
+    def describe(self):
+        return iter(())
 
 
 class _QueueDepth(Collector):
