@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -22,6 +23,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A test that failed before its stop() leaves its daemon running: not past the test run
+    (worker processes die with their daemon)."""
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class DaemonProcess:
@@ -50,6 +64,7 @@ class DaemonProcess:
             [sys.executable, "-m", "inferd", "run", "-c", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
+        _STARTED[:] = [p for p in _STARTED if p.poll() is None] + [self.proc]
         self.ctx = zmq.Context()
         self.wait_ready()
 

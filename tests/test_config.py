@@ -139,3 +139,22 @@ def test_mqtt_files_are_relative_to_the_config_and_checked_there(tmp_path, monke
     config, _ = load_config(cfg)
     assert config.mqtt.password_file == tmp_path / "mqtt.password"
     assert config.mqtt.tls.ca_file == tmp_path / "ca.pem"
+
+
+def test_workers_auto_uses_processes_only_with_a_core_to_spare(monkeypatch):
+    """`workers: auto`: worker processes when instances > 1 and the cores available exceed them
+    (measured on 2 cores: two worker threads stream more than two processes there)."""
+    from inferd.config import ModelConfig
+
+    def cfg(**kw):
+        return ModelConfig.model_validate({"name": "m", "path": "m.onnx", **kw})
+
+    monkeypatch.delenv("INFERD_WORKERS", raising=False)
+    for cores, instances, expected in [(2, 1, False), (2, 2, False), (4, 2, True), (4, 3, True), (4, 4, False),
+                                       (16, 8, True)]:  # fmt: skip
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert cfg(instances=instances).in_processes is expected, (cores, instances)
+    assert cfg(instances=1, workers="processes").in_processes
+    assert not cfg(instances=8, workers="threads").in_processes
+    monkeypatch.setenv("INFERD_WORKERS", "processes")
+    assert cfg(instances=1).in_processes and not cfg(instances=8, workers="threads").in_processes

@@ -23,8 +23,8 @@ from tests.slow_model import Busy, build_slow_model, work
 
 CONFIG = """
 models:
-  - {name: cls, path: "{models}/classifier_int8.onnx", instances: 2, threads: 1}
-  - {name: busy, path: "{tmp}/busy.onnx", instances: 2, threads: 1}
+  - {name: cls, path: "{models}/classifier_int8.onnx", instances: 2, threads: 1, workers: processes}
+  - {name: busy, path: "{tmp}/busy.onnx", instances: 2, threads: 1, workers: processes}
   - {name: one, path: "{models}/classifier_int8.onnx", threads: 1, workers: threads}
 endpoints:
   - {type: router, bind: "{router}"}
@@ -276,8 +276,8 @@ def test_an_optional_model_that_does_not_load_leaves_the_workers_of_others(tmp_p
     d = DaemonProcess(
         tmp_path,
         "models:\n"
-        '  - {name: cls, path: "{models}/classifier_int8.onnx", instances: 2}\n'
-        '  - {name: bad, path: "{tmp}/broken.onnx", instances: 2, required: false}\n'
+        '  - {name: cls, path: "{models}/classifier_int8.onnx", instances: 2, workers: processes}\n'
+        '  - {name: bad, path: "{tmp}/broken.onnx", instances: 2, workers: processes, required: false}\n'
         'endpoints: [{type: router, bind: "{router}"}]\n',
     )
     try:
@@ -296,6 +296,7 @@ models:
     path: "{models}/classifier_int8.onnx"
     instances: 2
     threads: 1
+    workers: processes
     postprocess: {type: classify, top_k: 3, softmax: true, smooth: {ema: 0.6, reset_after_s: 600}}
   - name: one
     path: "{models}/classifier_int8.onnx"

@@ -15,6 +15,7 @@ check, rollback, a missing python3-av) are in test_install.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,35 +62,42 @@ def rootfs() -> Path:
     return ROOTFS
 
 
-@pytest.fixture(scope="module")
-def daemon(rootfs: Path):
-    """`inferd run` in the armhf chroot on a router port and a metrics port of this host's loopback."""
+@contextlib.contextmanager
+def inferd_in_chroot(rootfs: Path, name: str, log_name: str, model_options: str = ""):
+    """`inferd run` in the armhf chroot on a router port and a metrics port of this host's loopback,
+    with /etc/inferd/NAME.yaml (the model entry plus `model_options`); its output in LOG_NAME."""
     router, metrics = free_port(), free_port()
+    entry = ENTRY.replace("DIR", "/var/lib/inferd/models")
+    if model_options:
+        entry = entry[: entry.rindex("}")] + f", {model_options}}}\n"
     config = (
         "models:\n"
-        + ENTRY.replace("DIR", "/var/lib/inferd/models")
+        + entry
         + f'endpoints:\n  - {{type: router, bind: "tcp://127.0.0.1:{router}"}}\n'
         + f'metrics:\n  listen: "127.0.0.1:{metrics}"\n'
     )
-    (rootfs / "etc/inferd/armv7-test.yaml").write_text(config)
-    log = open(ARTIFACTS / "inferd.log", "w")  # noqa: SIM115 (closed in the finalizer)
+    (rootfs / f"etc/inferd/{name}.yaml").write_text(config)
+    log = open(ARTIFACTS / log_name, "w")  # noqa: SIM115 (closed in the finally)
     proc = subprocess.Popen(
         [str(QEMU_DIR / "run-in-chroot.sh"), "armv7", str(rootfs), "--",
-         "/opt/inferd/bin/inferd", "run", "-c", "/etc/inferd/armv7-test.yaml"],
+         "/opt/inferd/bin/inferd", "run", "-c", f"/etc/inferd/{name}.yaml"],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     t0 = time.monotonic()
     url = f"http://127.0.0.1:{metrics}/metrics"
     try:
         while True:
-            assert proc.poll() is None, (ARTIFACTS / "inferd.log").read_text()
+            assert proc.poll() is None, (ARTIFACTS / log_name).read_text()
             try:
                 with urllib.request.urlopen(url, timeout=5):
                     break
             except OSError:
                 assert time.monotonic() - t0 < 300, "inferd (armv7, qemu-user) not serving after 300 s"
                 time.sleep(1)
-        yield {"router": f"tcp://127.0.0.1:{router}", "metrics": url, "start_seconds": time.monotonic() - t0}
+        yield {
+            "router": f"tcp://127.0.0.1:{router}", "metrics": url, "start_seconds": time.monotonic() - t0,
+            "proc": proc, "log": ARTIFACTS / log_name,
+        }  # fmt: skip
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # inferd drains and exits; the script unmounts
         try:
@@ -98,10 +106,23 @@ def daemon(rootfs: Path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
-        for line in reversed(Path("/proc/mounts").read_text().splitlines()):
-            mnt = line.split()[1]
-            if mnt.startswith(str(rootfs) + "/"):
-                subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def unmount_leftovers(rootfs: Path) -> None:
+    for line in reversed(Path("/proc/mounts").read_text().splitlines()):
+        mnt = line.split()[1]
+        if mnt.startswith(str(rootfs) + "/"):
+            subprocess.run(["umount", "-l", mnt], check=False)
+
+
+@pytest.fixture(scope="module")
+def daemon(rootfs: Path):
+    """`inferd run` in the armhf chroot: the TFLite model, one instance (a worker thread)."""
+    try:
+        with inferd_in_chroot(rootfs, "armv7-test", "inferd.log") as d:
+            yield d
+    finally:
+        unmount_leftovers(rootfs)
 
 
 def test_the_bundle_uses_debian_numpy_pyzmq_and_tflite_runtime(rootfs):
@@ -236,6 +257,121 @@ def test_metrics_count_the_frames_and_name_the_runtime_versions(daemon, armv7_re
     numpy_version, pyzmq_version = proc.stdout.split()
     assert build.labels["numpy"] == numpy_version and build.labels["pyzmq"] == pyzmq_version, build.labels
     assert build.labels["litert"] == "2.14.0" and build.labels["onnxruntime"] == "", build.labels
+
+
+# --- worker processes on armv7: `instances: 2` (each instance its own interpreter) ---------------------
+def host_processes() -> dict[int, tuple[int, list[bytes]]]:
+    """pid -> (parent pid, argv) of every process of this host (chroot's emulated ones included: a
+    qemu-arm process's argv holds the emulated program's, after qemu's own)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv = [a for a in (d / "cmdline").read_bytes().split(b"\0") if a]
+            except (OSError, IndexError, ValueError):
+                continue
+            out[int(d.name)] = (ppid, argv)
+    return out
+
+
+def worker_processes(top: int, model: str = "tflite") -> dict[int, tuple[int, list[bytes]]]:
+    """The `python -m inferd.engine.child MODEL INDEX` processes under process `top`."""
+    procs = host_processes()
+    below, todo = set(), [top]
+    while todo:
+        parent = todo.pop()
+        kids = [pid for pid, (ppid, _) in procs.items() if ppid == parent and pid not in below]
+        below.update(kids)
+        todo += kids
+    out = {}
+    for pid in below:
+        argv = procs[pid][1]
+        after = argv[argv.index(b"inferd.engine.child") + 1 :] if b"inferd.engine.child" in argv else []
+        if after[:1] == [model.encode()]:
+            out[pid] = procs[pid]
+    return out
+
+
+def test_two_instances_in_worker_processes_give_the_single_instance_results(rootfs, armv7_results):
+    """`instances: 2, workers: processes` under qemu-arm (Debian's numpy, tflite-runtime): two
+    `inferd.engine.child` processes, children of the daemon, started and connected (memfd slots,
+    the hub's ipc socket in /tmp, PR_SET_PDEATHSIG under qemu-user); FRAMES from two clients at once
+    (so both workers infer) give exactly the single-instance daemon's outputs; the workers' counts
+    reach the daemon's metrics; no worker outlives the daemon's SIGTERM. No other chroot command
+    runs meanwhile: each run-in-chroot.sh stacks its own tmpfs on the rootfs's /tmp, which would
+    hide the hub's socket from a worker started after it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from inferd.client import InferClient
+
+    report: dict = {}
+    with inferd_in_chroot(
+        rootfs, "armv7-workers", "inferd-workers.log", "instances: 2, workers: processes"
+    ) as d:
+        report["start_seconds"] = round(d["start_seconds"], 1)
+        top = d["proc"].pid  # run-in-chroot.sh; inferd and its workers are below it
+        workers: dict = {}
+        deadline = time.monotonic() + 60
+        while len(workers) != 2 and time.monotonic() < deadline:  # started before READY: there already
+            workers = worker_processes(top)
+            time.sleep(0.5)
+        assert len(workers) == 2, (workers, d["log"].read_text())
+        assert sorted(argv[-1] for _, argv in workers.values()) == [b"0", b"1"], workers  # INDEX
+        parents = {ppid for ppid, _ in workers.values()}
+        assert len(parents) == 1, workers  # one daemon's children
+        (daemon_pid,) = parents
+        assert b"run" in host_processes()[daemon_pid][1], host_processes()[daemon_pid]
+        report["workers"] = {pid: [a.decode() for a in argv] for pid, (_, argv) in workers.items()}
+
+        def run(indexes) -> list:
+            with InferClient(d["router"], timeout=180, source="armv7-workers") as client:
+                out = []
+                for i in indexes:
+                    result = client.infer(FRAMES[i], model="tflite")
+                    assert result.ok, (i, result.header)
+                    out.append((i, result.outputs[0]))
+                return out
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:
+            done = [
+                pair
+                for part in pool.map(run, [range(0, len(FRAMES), 2), range(1, len(FRAMES), 2)])
+                for pair in part
+            ]
+        report["seconds_per_frame_2_clients"] = round((time.monotonic() - t0) / len(FRAMES), 2)
+        outputs = np.stack([out for _, out in sorted(done, key=lambda pair: pair[0])])
+        single = armv7_results["outputs"]
+        assert outputs.dtype == single.dtype and outputs.shape == single.shape
+        report["equal_to_single_instance"] = int(
+            sum(np.array_equal(a, b) for a, b in zip(outputs, single, strict=True))
+        )
+        assert np.array_equal(outputs, single), report  # same runtime, same machine: bit for bit
+
+        with urllib.request.urlopen(d["metrics"], timeout=60) as r:
+            families = {m.name: m for m in text_string_to_metric_families(r.read().decode())}
+
+        def value(family: str, **labels) -> float | None:
+            for s in families[family].samples:
+                if s.name.endswith("_total") and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+            return None
+
+        assert value("inferd_frames_received", source="armv7-workers") == len(FRAMES)
+        # counted in the worker processes, sent to the daemon with the scrape
+        assert value("inferd_inferences", model="tflite", status="ok") == len(FRAMES)
+        assert value("inferd_worker_restarts", model="tflite") == 0
+        assert worker_processes(top).keys() == workers.keys()  # the same two processes all along
+    log = d["log"].read_text()
+    report["log_tail"] = log.splitlines()[-8:]
+    (ARTIFACTS / "workers.json").write_text(json.dumps(report, indent=2, default=str))
+    print("armv7 worker processes:", report)
+    assert "model tflite: 2 worker process(es) ready" in log, log
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert alive == [], (alive, log)  # stopped with the daemon
 
 
 # --- the capture and mqtt extras on armv7 ---------------------------------------------------------------

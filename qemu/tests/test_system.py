@@ -4,7 +4,8 @@ The package is installed offline in the guest, the unit runs under the guest's r
 all its hardening (MemoryDenyWriteExecute=yes included), and frames go in over the forwarded
 ZeroMQ router port. The tests run in file order: install, hardening, x86 equality, metrics,
 MemoryDenyWriteExecute, a tcp endpoint, then the ones that disturb the service (kill -9, reload,
-a failed reload, the watchdog), each restoring the test config after itself. install.sh's own
+a failed reload, the watchdog, worker processes and their memory), each restoring the test config
+after itself. install.sh's own
 upgrade and rollback paths are tested in ARM root filesystems by test_install.py.
 """
 
@@ -18,7 +19,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from conftest import INSTALL, MODELS, TEST_CONFIG, save_artifact, version
+from conftest import GUEST_MODELS, INSTALL, MODEL_ENTRIES, MODELS, TEST_CONFIG, save_artifact, version
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(1200)]
 
@@ -267,6 +268,257 @@ def test_a_hung_model_trips_the_watchdog_and_systemd_restarts_it(guest, service,
     finally:
         service.remove_dropin("watchdog.conf", restart=False)
         service.restore()
+
+
+# --- worker processes: a model's instances in processes of their own (models[].instances > 1) ----------
+# Each test runs the int8 TFLite model alone (the packaged default's runtime, LiteRT) on the test
+# config's endpoints, and restores the test config after itself.
+
+WORKER_MODEL = "tflite"
+# Every process of the unit's cgroup, read in the guest (as root: ProtectProc=invisible hides the
+# unit's processes from other users, not from root outside the unit): argv, parent, CPU ticks, thread
+# names, seccomp/no_new_privs, and Rss/Pss from smaps_rollup.
+UNIT_PROCS = r"""
+import json, os, sys
+out = []
+for pid in open(f"/sys/fs/cgroup{sys.argv[1]}/cgroup.procs").read().split():
+    try:
+        raw = open(f"/proc/{pid}/cmdline", "rb").read()
+        argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status") if ":" in line)
+        mem = {}
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            key, _, value = line.partition(":")
+            if key in ("Rss", "Pss"):
+                mem[key.lower() + "_kb"] = int(value.split()[0])
+        threads = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                threads.append(open(f"/proc/{pid}/task/{tid}/comm").read().strip())
+            except OSError:
+                pass
+    except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+        continue
+    out.append({"pid": int(pid), "ppid": int(stat[1]), "cpu_ticks": int(stat[11]) + int(stat[12]),
+                "argv": argv, "threads": sorted(threads), "seccomp": status["Seccomp"].strip(),
+                "no_new_privs": status["NoNewPrivs"].strip(), **mem})
+print(json.dumps(out))
+"""
+
+
+def workers_config(instances: int, workers: str) -> str:
+    """The test config with the int8 TFLite model alone, `instances` of it run by `workers` (said
+    explicitly: `auto` also weighs the board's cores, and this guest has 2)."""
+    entry = MODEL_ENTRIES[WORKER_MODEL].replace("DIR", GUEST_MODELS)
+    models = f"models:\n  - {{name: {WORKER_MODEL}, {entry}, instances: {instances}, workers: {workers}}}\n"
+    return models + TEST_CONFIG[TEST_CONFIG.index("endpoints:") :]
+
+
+def unit_processes(guest, service) -> list[dict]:
+    cgroup = service.show("ControlGroup")["ControlGroup"]  # /system.slice/inferd.service
+    return json.loads(guest.ssh(f"python3 -c {shlex.quote(UNIT_PROCS)} {shlex.quote(cgroup)}").stdout)
+
+
+def workers_of(procs: list[dict], model: str = WORKER_MODEL) -> list[dict]:
+    """`python -m inferd.engine.child MODEL INDEX` processes, by INDEX."""
+    out = []
+    for p in procs:
+        argv = p["argv"]
+        if "inferd.engine.child" in argv and argv[argv.index("inferd.engine.child") + 1 :][:1] == [model]:
+            out.append(p)
+    return sorted(out, key=lambda p: p["argv"][-1])
+
+
+def connected(worker: dict, model: str = WORKER_MODEL) -> bool:
+    """A worker process has said hello to the daemon once its tally thread runs (engine/child.py
+    starts it right after the hello, once the model is loaded and warmed up)."""
+    return f"tally:{model}"[:15] in worker["threads"]
+
+
+def wait_for(what: str, check, timeout: float = 180, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        time.sleep(every)
+
+
+def infer_concurrently(guest, xs: np.ndarray, clients: int = 2, source: str = "workers") -> list:
+    """xs over `clients` router connections at once (so each worker process gets frames: a worker
+    holds one batch, max_batch 1 here); the outputs in the order of xs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inferd.client import InferClient
+
+    def run(indexes) -> list:
+        out = []
+        with InferClient(f"tcp://127.0.0.1:{guest.ports['router']}", timeout=120, source=source) as c:
+            for i in indexes:
+                result = c.infer(xs[i], model=WORKER_MODEL, timeout=120)
+                assert result.ok, (i, result.header)
+                out.append((i, result.outputs[0]))
+        return out
+
+    with ThreadPoolExecutor(clients) as pool:
+        parts = pool.map(run, [range(k, len(xs), clients) for k in range(clients)])
+        done = [pair for part in parts for pair in part]
+    return [out for _, out in sorted(done, key=lambda pair: pair[0])]
+
+
+def check_against_x86(outs: list, xs: np.ndarray, reference) -> int:
+    """Each output within one int8 quantization step of this host's (as the threads' results are:
+    test_results_equal_the_x86_results); the number of bit-exact ones."""
+    exact = 0
+    for i, (theirs, x) in enumerate(zip(outs, xs, strict=True)):
+        (ours,) = reference(WORKER_MODEL, x)
+        assert theirs.dtype == ours.dtype and theirs.shape == ours.shape, (i, theirs, ours)
+        assert np.abs(theirs.astype(int) - ours.astype(int)).max() <= 1, (i, theirs, ours)
+        exact += bool(np.array_equal(theirs, ours))
+    return exact
+
+
+def test_two_instances_run_in_two_worker_processes_and_a_killed_one_is_replaced(
+    guest, service, infer, scrape, reference
+):
+    """`instances: 2, workers: processes` under the hardened unit: two `python -m inferd.engine.child`
+    processes in the unit's cgroup (children of MainPID, under its seccomp filter), the hub's ipc
+    socket in the unit's private /tmp, answers equal to x86's; `kill -9` of one worker: the unit
+    stays active with the same MainPID, inferd_worker_restarts_total{model} becomes 1, a new process
+    replaces it and serves (alone, while the other is killed in turn), and both are back after."""
+    report: dict = {}
+    t0 = time.monotonic()
+    try:
+        service.write_config(workers_config(2, "processes"))
+        state = service.restart()
+        report["restart_to_active_s"] = round(time.monotonic() - t0, 1)
+        main = int(state["MainPID"])
+        procs = unit_processes(guest, service)
+        workers = workers_of(procs)
+        assert [w["argv"][-1] for w in workers] == ["0", "1"], procs
+        assert {p["pid"] for p in procs} == {main, *(w["pid"] for w in workers)}, procs  # nothing else
+        for w in workers:
+            assert w["ppid"] == main, (main, w)
+            assert (w["seccomp"], w["no_new_privs"]) == ("2", "1"), w  # the unit's filter, inherited
+        report["workers_at_ready"] = workers
+        assert f"model {WORKER_MODEL}: 2 worker process(es) ready" in service.journal(100)
+        # The hub's ipc socket: in a mkdtemp folder of the unit's PrivateTmp, not the guest's /tmp.
+        hub = guest.ssh(f"ls -d /proc/{main}/root/tmp/inferd-workers-*/hub", check=False)
+        assert hub.returncode == 0, (hub.stdout, hub.stderr)
+        assert guest.ssh("ls -d /tmp/inferd-workers-* 2>/dev/null", check=False).stdout.strip() == ""
+
+        xs = frames(6, seed=41)
+        t1 = time.monotonic()
+        report["bit_exact_before"] = check_against_x86(infer_concurrently(guest, xs), xs, reference)
+        report["seconds_per_frame_2_clients"] = round((time.monotonic() - t1) / len(xs), 2)
+        now = {w["pid"]: w["cpu_ticks"] for w in workers_of(unit_processes(guest, service))}
+        report["cpu_ticks_during_frames"] = [now.get(w["pid"], 0) - w["cpu_ticks"] for w in workers]
+        assert sample(scrape(), "inferd_worker_restarts", model=WORKER_MODEL) == 0
+
+        # kill -9 of worker 0
+        old = service.show("MainPID", "NRestarts")
+        victim = workers[0]
+        guest.ssh(f"kill -9 {victim['pid']}")
+        t2 = time.monotonic()
+
+        def replaced() -> list[dict] | None:
+            now = workers_of(unit_processes(guest, service))
+            fresh = [w for w in now if w["pid"] not in {v["pid"] for v in workers}]
+            return now if len(now) == 2 and fresh and all(connected(w) for w in now) else None
+
+        after = wait_for("a connected replacement of worker 0", replaced, timeout=240)
+        report["replacement_connected_after_s"] = round(time.monotonic() - t2, 1)
+        assert sample(scrape(), "inferd_worker_restarts", model=WORKER_MODEL) == 1
+        state = service.show("ActiveState", "SubState", "MainPID", "NRestarts")
+        assert (state["ActiveState"], state["SubState"]) == ("active", "running"), state
+        assert state["MainPID"] == old["MainPID"] and state["NRestarts"] == old["NRestarts"], (old, state)
+        new = next(w for w in after if w["pid"] != workers[1]["pid"])
+        assert new["argv"][-1] == "0" and new["ppid"] == main and new["seccomp"] == "2", new
+        assert after[1]["pid"] == workers[1]["pid"]  # the other worker was not touched
+        journal = service.journal(100)
+        assert "worker process 0 killed by signal 9" in journal, journal[-3000:]
+        report["worker_0_pids"] = [victim["pid"], new["pid"]]
+
+        # served again, by both
+        xs = frames(4, seed=43)
+        report["bit_exact_after"] = check_against_x86(infer_concurrently(guest, xs), xs, reference)
+        # by the replacement alone: worker 1 killed too, a frame sent while its own replacement
+        # loads (seconds under TCG)
+        guest.ssh(f"kill -9 {workers[1]['pid']}")
+        time.sleep(1)
+        x = frames(1, seed=47)
+        result = infer(x[0], model=WORKER_MODEL, source="workers-alone", timeout=120)
+        assert result.ok, result.header
+        check_against_x86([result.outputs[0]], x, reference)
+        report["worker_1_replacement_connected_when_answered"] = any(
+            connected(w) for w in workers_of(unit_processes(guest, service)) if w["argv"][-1] == "1"
+        )
+
+        def both_back() -> list[dict] | None:
+            now = workers_of(unit_processes(guest, service))
+            fresh = workers[1]["pid"] not in {w["pid"] for w in now}
+            return now if len(now) == 2 and fresh and all(connected(w) for w in now) else None
+
+        final = wait_for("two connected workers again", both_back, timeout=240)
+        assert sample(scrape(), "inferd_worker_restarts", model=WORKER_MODEL) == 2
+        assert service.main_pid() == main
+        report["final_workers"] = [w["pid"] for w in final]
+    finally:
+        save_artifact("workers.json", report)
+        print("worker processes (arm64 guest):", json.dumps(report, default=str)[:2000])
+        service.restore()
+
+
+def test_memory_of_worker_processes_pss_and_rss_at_ready(guest, service):
+    """The unit's memory at READY=1 with the TFLite model at 1 instance (a thread), 2 and 3 (worker
+    processes): summed over every process of the unit's cgroup, PSS (each shared page split between
+    the processes that map it: what the unit really costs) and RSS (shared pages counted in each).
+    An extra instance must cost less PSS than the whole one-instance daemon: the worker processes
+    share pages (the interpreter, libraries, the model file) instead of each being a daemon."""
+    report: dict = {}
+    try:
+        for instances, mode in ((1, "threads"), (2, "processes"), (3, "processes")):
+            service.write_config(workers_config(instances, mode))
+            t0 = time.monotonic()
+            state = service.restart()
+            seconds = time.monotonic() - t0
+            procs = unit_processes(guest, service)
+            workers = workers_of(procs)
+            assert len(workers) == (0 if mode == "threads" else instances), procs
+            assert len(procs) == 1 + len(workers), procs
+            main = next(p for p in procs if p["pid"] == int(state["MainPID"]))
+            report[f"instances_{instances}"] = {
+                "workers": mode,
+                "processes": len(procs),
+                "restart_to_active_s": round(seconds, 1),
+                "pss_mb": round(sum(p["pss_kb"] for p in procs) / 1024, 1),
+                "rss_mb": round(sum(p["rss_kb"] for p in procs) / 1024, 1),
+                "daemon_pss_mb": round(main["pss_kb"] / 1024, 1),
+                "daemon_rss_mb": round(main["rss_kb"] / 1024, 1),
+                "worker_pss_mb": [round(w["pss_kb"] / 1024, 1) for w in workers],
+                "worker_rss_mb": [round(w["rss_kb"] / 1024, 1) for w in workers],
+            }
+    finally:
+        service.restore()
+    one, two, three = (report[f"instances_{n}"] for n in (1, 2, 3))
+    for key in ("pss_mb", "rss_mb"):
+        report[f"extra_instance_{key}"] = {
+            "1_to_2": round(two[key] - one[key], 1),
+            "2_to_3": round(three[key] - two[key], 1),
+            "mean_1_to_3": round((three[key] - one[key]) / 2, 1),
+        }
+    save_artifact("rss_workers.json", report)
+    print("memory at ready (arm64 guest, TFLite model, MB):", json.dumps(report, indent=1))
+    assert one["pss_mb"] < two["pss_mb"] < three["pss_mb"], report
+    for config in (one, two, three):
+        assert config["pss_mb"] <= config["rss_mb"], report
+    for config in (two, three):  # a worker's own pages are partly shared with the others
+        assert sum(config["worker_pss_mb"]) < sum(config["worker_rss_mb"]), report
+    extra = report["extra_instance_pss_mb"]
+    assert extra["2_to_3"] < one["pss_mb"], report  # one more worker process < the whole daemon
+    assert extra["mean_1_to_3"] < one["pss_mb"], report
 
 
 # --- inferd capture and MQTT: the package's camera process and results to a broker --------------------

@@ -241,7 +241,8 @@ class ModelConfig(Strict):
         "auto",
         description="Where instances run: processes (each its own interpreter, so the daemon's work "
         "per frame uses as many cores as there are instances), threads (one process, lighter), or "
-        "auto: processes when instances > 1.",
+        "auto: processes when instances > 1 and the board has more cores than instances (a core "
+        "is left for the daemon's own thread), else threads.",
     )
 
     @property
@@ -251,7 +252,9 @@ class ModelConfig(Strict):
         mode = self.workers
         if mode == "auto":
             mode = os.environ.get("INFERD_WORKERS", "auto")
-        return mode == "processes" or (mode == "auto" and self.instances > 1)
+        if mode == "auto":
+            return 1 < self.instances < len(os.sched_getaffinity(0))
+        return mode == "processes"
 
     sha256: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{64}$", description="Refuse to load the file unless it has this digest."
