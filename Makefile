@@ -58,6 +58,7 @@ bench: $(VENV)/.installed
 	$(PIP) install -e '.[bench]'
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.scaling
+	$(PY) -m benchmarks.cores --workers threads processes
 	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.frigate
 	$(PY) -m benchmarks.decode

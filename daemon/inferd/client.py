@@ -345,7 +345,11 @@ class FramePublisher:
         if mode not in ("push", "pub"):
             raise ValueError("mode must be 'push' or 'pub'")
         self.source, self.mode = source, mode
-        self.ctx = context or zmq.Context.instance()
+        # frames go out zero-copy: close() must not return while libzmq still reads one, or a
+        # process that exits right after (its buffers freed) dies in libzmq ("Bad address").
+        # Our own context is terminated on close, which waits for them (LINGER, 1 s at most).
+        self._own_ctx = context is None
+        self.ctx = context or zmq.Context()
         self.socket = self.ctx.socket(zmq.PUSH if mode == "push" else zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 1000)
@@ -378,6 +382,8 @@ class FramePublisher:
 
     def close(self) -> None:
         self.socket.close()
+        if self._own_ctx:
+            self.ctx.term()
 
     def __enter__(self) -> FramePublisher:
         return self
