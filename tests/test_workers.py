@@ -84,6 +84,9 @@ def test_instances_run_in_worker_processes_and_serve_the_same_results(daemon):
             assert r.ok, r.header
             np.testing.assert_array_equal(r.outputs[0], bare.run(None, {name: f})[0])
     assert daemon.metric("inferd_inferences_total", model="cls", status="ok") == 40
+    for index in ("0", "1"):  # each worker process's own CPU and memory (process_* is the daemon's)
+        assert daemon.metric("inferd_worker_resident_memory_bytes", model="cls", index=index) > 10e6
+        assert daemon.metric("inferd_worker_cpu_seconds_total", model="cls", index=index) > 0
     assert daemon.metric("inferd_inference_seconds_count", model="cls") == 40
     assert daemon.total("inferd_frame_latency_seconds_count", model="cls") == 40
 

@@ -187,6 +187,7 @@ class Daemon:
         self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics, self.auth)
         self.transport.hub = self.hub
         self.metrics.before_collect = self._sync_workers
+        self.metrics.worker_pids = self._worker_pids
         for pool in self.pools.values():
             self.hub.add(pool)
         self.transport.bind()
@@ -401,6 +402,9 @@ class Daemon:
             log.debug("a worker process did not send its counts within %.1f s of a scrape", timeout)
 
     # ---- health ------------------------------------------------------------------------------
+
+    def _worker_pids(self) -> list[tuple[str, int, int]]:
+        return [(p.name, w.index, w.ident) for p in list(self.pools.values()) for w in p.workers if w.ident]
 
     def all_workers(self) -> list:
         """Worker threads and worker processes (procs.WorkerProcess looks like a Worker here)."""

@@ -304,7 +304,11 @@ class Hub:
 
     def __init__(self, ctx: zmq.Context, metrics) -> None:
         self.metrics = metrics
-        self.folder = tempfile.mkdtemp(prefix="inferd-workers-")
+        # under systemd, the unit's RuntimeDirectory (/run/inferd: gone with the service even after
+        # a kill -9); elsewhere a private temporary folder
+        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        runtime = runtime if runtime and os.path.isdir(runtime) else None
+        self.folder = tempfile.mkdtemp(prefix="inferd-workers-", dir=runtime)
         self.address = f"ipc://{self.folder}/hub"
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

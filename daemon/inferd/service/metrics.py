@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -17,7 +18,7 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inferd import __version__
@@ -122,6 +123,9 @@ class Metrics:
         )
         self.queue_depths = queue_depths or dict
         r.register(_QueueDepth(lambda: self.queue_depths()))
+        # (model, index, pid) of each worker process alive: their CPU and memory, read at scrape time
+        self.worker_pids: Callable[[], list[tuple[str, int, int]]] = list
+        r.register(_WorkerProcesses(lambda: self.worker_pids()))
         self.model_loaded = Gauge(
             "inferd_model_loaded", "1 when the model is loaded and warm.", ["model"], registry=r
         )
@@ -213,6 +217,38 @@ class _BeforeCollect(Collector):
 
     def describe(self):
         return iter(())
+
+
+class _WorkerProcesses(Collector):
+    """A worker process's CPU time and resident memory (the standard process_* metrics describe
+    the daemon's own process only), from /proc at scrape time."""
+
+    def __init__(self, pids: Callable[[], list[tuple[str, int, int]]]) -> None:
+        self.pids = pids
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def collect(self):
+        labels = ["model", "index"]
+        cpu = CounterMetricFamily(
+            "inferd_worker_cpu_seconds", "CPU time of a worker process (user + system).", labels=labels
+        )
+        rss = GaugeMetricFamily(
+            "inferd_worker_resident_memory_bytes", "Resident memory of a worker process.", labels=labels
+        )
+        for model, index, pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{pid}/statm") as f:
+                    resident = int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):  # it just ended
+                continue
+            values = [model, str(index)]
+            cpu.add_metric(values, (int(fields[11]) + int(fields[12])) / self.tick)
+            rss.add_metric(values, resident * self.page)
+        yield cpu
+        yield rss
 
 
 class _QueueDepth(Collector):
