@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,13 @@ def test_a_killed_worker_costs_only_its_frames_and_comes_back(daemon):
     with InferClient(daemon.router, timeout=30) as client:  # the new worker serves
         for i in range(4):
             assert client.infer(work(1), model="busy", source=f"new{i}").ok
+    ready = json.loads(
+        urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/readyz", timeout=5).read()
+    )
+    workers = ready["models"]["busy"]["workers"]
+    assert workers["processes"] == workers["serving"] == 2 and sorted(workers["pids"]) == sorted(pids), (
+        workers
+    )
     assert _health(daemon)[0] == 200
 
 

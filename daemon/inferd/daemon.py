@@ -450,6 +450,12 @@ class Daemon:
         for cfg in self.config.models:
             if cfg.name in self.models:
                 models[cfg.name] = {"state": "ready", "runtime": cfg.runtime.type, "required": cfg.required}
+                pool = self.pools.get(cfg.name)
+                if pool is not None:  # worker processes: how many serve now (others restarting)
+                    models[cfg.name]["workers"] = {
+                        "processes": len(pool.workers), "serving": sum(w.connected for w in pool.workers),
+                        "pids": [w.ident for w in pool.workers if w.ident],
+                    }  # fmt: skip
             elif cfg.name in self.failed:
                 models[cfg.name] = {
                     "state": "failed",
