@@ -23,6 +23,7 @@ from inferd.ingest.transport import Transport
 from inferd.outputs.replies import Replies
 from inferd.service.health import HttpServer
 from inferd.service.metrics import Metrics
+from inferd.service.probes import Probes
 from inferd.service.systemd import Notifier, reload_status_path, write_reload_status
 
 log = logging.getLogger("inferd")
@@ -46,8 +47,11 @@ class Daemon:
     ) -> None:
         self.config, self.base_dir, self.config_path = config, base_dir, config_path
         self.notifier = notifier or Notifier("")
+        self.probes = Probes(self)
         self.metrics = metrics or Metrics(
-            buckets=config.metrics.latency_buckets, sysfs=config.metrics.sysfs, queue_depths=self.queue_depths
+            buckets=config.metrics.latency_buckets,
+            sysfs=config.metrics.sysfs,
+            queue_depths=self.probes.queue_depths,
         )
         self.ctx = zmq.Context()
         self.models: dict[str, list[Model]] = {}  # name -> instances (ONNX: one shared session)
@@ -186,8 +190,8 @@ class Daemon:
             self.start_auth()
         self.transport = Transport(self.ctx, self.config, dispatcher, self.replies, self.metrics, self.auth)
         self.transport.hub = self.hub
-        self.metrics.before_collect = self._sync_workers
-        self.metrics.worker_pids = self._worker_pids
+        self.metrics.before_collect = self.probes.sync_workers
+        self.metrics.worker_pids = self.probes.worker_pids
         for pool in self.pools.values():
             self.hub.add(pool)
         self.transport.bind()
@@ -388,90 +392,16 @@ class Daemon:
         t.start()
         self._retiring.append(t)
 
-    def _sync_workers(self, timeout: float = 1.0) -> None:
-        """Before a scrape: every worker process's counts, so a result already received is counted
-        (a worker inside a long inference answers from its tally thread at once)."""
-        hub, transport = self.hub, self.transport
-        if hub is None or transport is None or transport.stopped.is_set() or not hub.pools:
-            return
-        try:
-            sync, asked = transport.call(hub.request_sync, timeout)
-        except (TimeoutError, OSError):
-            return
-        if not hub.wait_sync(sync, asked, timeout):
-            log.debug("a worker process did not send its counts within %.1f s of a scrape", timeout)
-
-    # ---- health ------------------------------------------------------------------------------
-
-    def _worker_pids(self) -> list[tuple[str, int, int]]:
-        return [(p.name, w.index, w.ident) for p in list(self.pools.values()) for w in p.workers if w.ident]
-
-    def all_workers(self) -> list:
-        """Worker threads and worker processes (procs.WorkerProcess looks like a Worker here)."""
-        threads = [w for ws in list(self.workers.values()) for w in ws]
-        return threads + [w for p in list(self.pools.values()) for w in p.workers]
-
-    def queue_depths(self) -> dict[str, int]:
-        depths: dict[str, int] = {}
-        for q in list(self.queues.values()):
-            for source, n in q.depths().items():
-                depths[source] = depths.get(source, 0) + n
-        for pool in list(self.pools.values()):  # a fifo frame waiting inside a worker is queued too
-            for source in pool.waiting():
-                depths[source] = depths.get(source, 0) + 1
-        return depths
+    # ---- health: service/probes.py ----------------------------------------------------------
 
     def health(self) -> tuple[bool, dict]:
-        """Alive and making progress: the IO loop turns and no worker is stuck in one inference."""
-        now = time.monotonic()
-        if self.transport is None or not self.ready.is_set():
-            return not self._stopped, {"status": "stopped" if self._stopped else "starting"}
-        problems = []
-        if now - self.transport.last_loop > 5.0:
-            problems.append(f"IO loop stalled for {now - self.transport.last_loop:.1f} s")
-        hang = self.config.service.hang_after_s
-        for w in self.all_workers():
-            busy = w.busy_since
-            if busy is not None and now - busy > hang:
-                problems.append(f"model {w.model.name} stuck in one inference for {now - busy:.1f} s")
-            elif w.ident is not None and not w.is_alive() and not w.queue.closed:
-                problems.append(f"worker {w.name} died")
-            elif busy is None and w.is_alive() and now - w.last_progress > 5.0:
-                problems.append(f"worker {w.name} loop stalled for {now - w.last_progress:.1f} s")
-        body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
-        sink = self.replies.sink
-        if sink is not None:  # informative only: a broker never makes inferd unhealthy
-            body["mqtt"] = sink.state()
-        return not problems, body
+        return self.probes.health()
 
     def readiness(self) -> tuple[bool, dict]:
-        """Ready when every required model is loaded and warm and every socket is bound."""
-        models = {}
-        for cfg in self.config.models:
-            if cfg.name in self.models:
-                models[cfg.name] = {"state": "ready", "runtime": cfg.runtime.type, "required": cfg.required}
-                pool = self.pools.get(cfg.name)
-                if pool is not None:  # worker processes: how many serve now (others restarting)
-                    models[cfg.name]["workers"] = {
-                        "processes": len(pool.workers), "serving": sum(w.connected for w in pool.workers),
-                        "pids": [w.ident for w in pool.workers if w.ident],
-                    }  # fmt: skip
-            elif cfg.name in self.failed:
-                models[cfg.name] = {
-                    "state": "failed",
-                    "required": cfg.required,
-                    "error": str(self.failed[cfg.name]),
-                }
-            else:
-                models[cfg.name] = {"state": "loading", "required": cfg.required}
-        ready = self.ready.is_set() and self.transport is not None and self.transport.accepting.is_set()
-        body = {
-            "ready": ready,
-            "models": models,
-            "endpoints": [ep.bind or ep.connect for ep in self.config.endpoints],
-            "degraded": sorted(self.failed),
-        }
-        return ready, body
+        return self.probes.readiness()
+
+    def all_workers(self) -> list:
+        return self.probes.workers()
 
     def status_line(self) -> str:
         text = f"serving {len(self.models)} model(s)"
