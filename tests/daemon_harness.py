@@ -116,6 +116,17 @@ class DaemonProcess:
                 out[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return out
 
+    def probe(self, path: str = "/healthz") -> tuple[int, dict]:
+        """GET /healthz or /readyz: (status code, JSON body), a 503 included."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
     def metric(self, name: str, **labels) -> float:
         return self.scrape().get((name, tuple(sorted(labels.items()))), 0.0)
 

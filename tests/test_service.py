@@ -162,17 +162,6 @@ def test_notify_sequence_ready_reload_stop(tmp_path, slow_path, kind):
         listener.close()
 
 
-def healthz(d: DaemonProcess) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/healthz", timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_watchdog_stops_pinging_while_a_model_hangs(tmp_path, slow_path, busy):
     listener = NotifySocket(str(tmp_path / "notify"))
     d = start(
@@ -198,7 +187,7 @@ def test_watchdog_stops_pinging_while_a_model_hangs(tmp_path, slow_path, busy):
         while not dealer.poll(0):
             assert time.monotonic() < end, "the slow inference never finished"
             now = time.monotonic()
-            status, body = healthz(d)
+            status, body = d.probe("/healthz")
             if status == 503 and any("slowmo stuck in one inference" in p for p in body["problems"]):
                 stuck_from = stuck_from or now
                 stuck_until = time.monotonic()

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -180,25 +179,12 @@ def test_a_killed_worker_costs_only_its_frames_and_comes_back(daemon):
     with InferClient(daemon.router, timeout=30) as client:  # the new worker serves
         for i in range(4):
             assert client.infer(work(1), model="busy", source=f"new{i}").ok
-    ready = json.loads(
-        urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/readyz", timeout=5).read()
-    )
+    ready = daemon.probe("/readyz")[1]
     workers = ready["models"]["busy"]["workers"]
     assert workers["processes"] == workers["serving"] == 2 and sorted(workers["pids"]) == sorted(pids), (
         workers
     )
-    assert _health(daemon)[0] == 200
-
-
-def _health(daemon: DaemonProcess) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/healthz", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    assert daemon.probe("/healthz")[0] == 200
 
 
 def test_a_hung_worker_is_killed_and_replaced(tmp_path):

@@ -383,6 +383,9 @@ class Hub:
         """IO thread: ask every worker process for its counts now; (the request's id, who was asked)."""
         self._sync += 1
         asked = set()
+        live = {w.identity for pool in self.pools for w in pool.workers}
+        with self._synced_cond:  # forget the workers that are gone (restarted, retired)
+            self._synced = {i: n for i, n in self._synced.items() if i in live}
         for pool in self.pools:
             for w in pool.workers:
                 if w.connected and w.is_alive():
