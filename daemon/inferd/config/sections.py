@@ -10,6 +10,28 @@ from pydantic import Field, field_validator, model_validator
 
 from inferd.config.base import Strict
 
+# Histogram buckets (service/metrics.py, and a worker process's tally without prometheus_client).
+# Edge latencies: 100 us to 10 s.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
 
 class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="inferd's log level.")

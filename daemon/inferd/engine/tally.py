@@ -14,7 +14,7 @@ import threading
 from bisect import bisect_left
 from typing import Any
 
-from inferd.service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
+from inferd.config.sections import BATCH_BUCKETS, LATENCY_BUCKETS
 
 # the Metrics attributes a worker records (drops, rejects and errors are counted by the daemon)
 HISTOGRAMS = (

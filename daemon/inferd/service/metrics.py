@@ -22,31 +22,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from inferd import __version__
+from inferd.config.sections import BATCH_BUCKETS, LATENCY_BUCKETS
 from inferd.service.telemetry import DeviceCollector
 
 # No `_created` series: they double the exposition size and nothing here reads them.
 disable_created_metrics()
-
-# Edge latencies: 100 us to 10 s.
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def _package_version(name: str) -> str:
