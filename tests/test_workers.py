@@ -364,3 +364,39 @@ def test_slots_grow_and_the_reader_sees_the_bytes_in_place():
         assert view[0] == 9  # written by the daemon's side, seen in place by the worker's
     finally:
         slot.close()
+
+
+def test_a_workers_tally_adds_up_to_what_observing_in_the_daemon_gives():
+    """A worker process counts in a Tally; the daemon adds its drained rows into prometheus_client's
+    histograms through their internals (no public call adds counts): the exposition must be the
+    same as if the daemon had observed every value itself (this breaks if prometheus_client changes)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from inferd.engine.tally import Tally, apply
+    from inferd.service.metrics import Metrics
+
+    direct, merged = Metrics(CollectorRegistry(), sysfs=None), Metrics(CollectorRegistry(), sysfs=None)
+    tally = Tally()
+    rng = np.random.default_rng(3)
+    for i, value in enumerate(rng.exponential(0.01, 500)):
+        for m in (direct, tally):
+            m.inference_seconds.labels("m").observe(value)
+            m.frame_latency_seconds.labels("m", f"cam{i % 3}").observe(value * 2)
+            m.batch_size.labels("m").observe(1 + i % 5)
+            m.inferences.labels("m", "ok" if i % 7 else "error").inc()
+        if i % 97 == 0:  # drained now and then, as the tally thread does
+            apply(merged, tally.drain())
+    apply(merged, tally.drain())
+    assert tally.drain() == []
+
+    def families(m: Metrics) -> list[str]:
+        wanted = ("inferd_inference_seconds", "inferd_frame_latency_seconds", "inferd_batch_size",
+                  "inferd_inferences_total")  # fmt: skip
+        text = generate_latest(m.registry).decode().splitlines()
+        return [line for line in text if line.startswith(wanted)]
+
+    got, want = families(merged), families(direct)
+    assert len(want) > 60 and [g.rsplit(" ", 1)[0] for g in got] == [w.rsplit(" ", 1)[0] for w in want]
+    for g, w in zip(got, want, strict=True):  # counts exactly; sums added in another order
+        assert float(g.rsplit(" ", 1)[1]) == pytest.approx(float(w.rsplit(" ", 1)[1]), rel=1e-12), (g, w)
+        assert "_sum" in g or g == w
