@@ -13,9 +13,9 @@ from pathlib import Path
 import zmq
 
 from inferd.config import Config, ModelConfig, load_config
-from inferd.engine.models import Model, file_sha256, load_instances, load_model, log_failure, resolve_path
+from inferd.engine.models import Model, file_sha256, load_instances, log_failure, resolve_path
 from inferd.engine.pipeline import ModelQueue, SourcePolicies, Worker
-from inferd.engine.procs import Hub, WorkerPool
+from inferd.engine.procs import Hub, RemoteModel, WorkerPool
 from inferd.errors import InferdError, ModelLoadError
 from inferd.ingest.routing import Dispatcher
 from inferd.ingest.security import Authenticator
@@ -85,8 +85,8 @@ class Daemon:
             self.notifier.status(f"loading model {cfg.name}")
             self.notifier.extend_timeout(LOAD_TIMEOUT_S)
             try:
-                if cfg.in_processes:  # checked and described here, run by the worker processes
-                    loaded[cfg.name] = [load_model(cfg, base_dir, runtime_level, warmup=0)]
+                if cfg.in_processes:  # loaded by its worker processes only (_serve starts them)
+                    loaded[cfg.name] = [RemoteModel(cfg, resolve_path(cfg.path, base_dir))]
                 else:
                     loaded[cfg.name] = load_instances(cfg, base_dir, runtime_level)
             except ModelLoadError as e:
@@ -114,7 +114,6 @@ class Daemon:
             )  # fmt: skip
             self.notifier.extend_timeout(LOAD_TIMEOUT_S)
             pool.start()
-            model.close()  # the daemon's own session only checked and described the model
             self.metrics.model_up(model)
             return q, pool
         q = ModelQueue(name, self.policies, self._dropped(name), on_room=self.replies.wake)
@@ -291,8 +290,16 @@ class Daemon:
         new_workers: dict[str, list[Worker]] = {}
         new_pools: dict[str, WorkerPool] = {}
         try:
-            for name, instances in loaded.items():
-                queues[name], served = self._serve(name, instances, base_dir)
+            for name, instances in list(loaded.items()):
+                try:
+                    queues[name], served = self._serve(name, instances, base_dir)
+                except ModelLoadError as e:  # its worker processes could not load it
+                    if instances[0].cfg.required:
+                        raise
+                    log_failure(instances[0].cfg, e)
+                    self.failed[name] = e
+                    del loaded[name]
+                    continue
                 if isinstance(served, WorkerPool):
                     new_pools[name] = served
                 else:

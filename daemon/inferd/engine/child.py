@@ -204,11 +204,15 @@ def _die_with_parent() -> None:
         sys.exit(1)
 
 
-def _tell(fd: int, what: dict) -> None:
-    """The ready line to the daemon (which only reads it at start-up: a restarted worker's pipe
-    is closed, and its hello is what counts)."""
-    with contextlib.suppress(OSError), os.fdopen(fd, "w") as ready:
-        ready.write(json.dumps(what) + "\n")
+def _tell(fd: int, what: dict) -> bool:
+    """The ready line to the daemon, which reads it at start-up (a restarted worker's pipe is
+    closed: its hello is what counts). False when nobody read it."""
+    try:
+        with os.fdopen(fd, "w") as ready:
+            ready.write(json.dumps(what) + "\n")
+    except OSError:
+        return False
+    return True
 
 
 def main() -> int:
@@ -225,13 +229,12 @@ def main() -> int:
         cfg = ModelConfig.model_validate(spec["model"])
         model = load_model(cfg, Path(spec["base_dir"]), spec.get("runtime_level", "warning"))
     except (InferdError, OSError, ValueError) as e:
-        log.error("worker process %d: %s", spec["index"], e)
-        _tell(spec["ready_fd"], {"error": str(e).removeprefix(f"model {spec['model']['name']!r}: ")})
+        if not _tell(spec["ready_fd"], {"error": str(e).removeprefix(f"model {spec['model']['name']!r}: ")}):
+            log.error("worker process %d: %s", spec["index"], e)  # a restart: nobody reads the pipe
         return 1
     name_os_thread(f"inferd:{cfg.name}")
     child = Child(spec, model)
-    _tell(spec["ready_fd"], {"ok": True, "pid": os.getpid(), "first_run_seconds": model.first_run_seconds,
-                             "warmup_seconds": model.warmup_seconds})  # fmt: skip
+    _tell(spec["ready_fd"], {"ok": True, "pid": os.getpid(), "describe": model.describe()})
     child.run()
     model.close()
     return 0

@@ -194,11 +194,6 @@ class Model:
             "warm_latency_ms": _ms(self.warmup_seconds),
         }
 
-    def keeps_state(self) -> bool:
-        """Whether results depend on the source's earlier frames (smoothing): then one worker
-        process serves all of a source's frames."""
-        return getattr(self.postprocess, "smoother", None) is not None
-
     def close(self) -> None:
         self.backend.close()
 

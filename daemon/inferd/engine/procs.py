@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from itertools import count
+from pathlib import Path
 
 import zmq
 
@@ -38,6 +39,34 @@ STABLE_S = 30.0  # a worker that ran this long before dying starts the backoff o
 SILENT_S = 5.0  # an idle worker beats every second (child.py): this long without a word, it is stopped
 _tokens = count(1)
 _lives = count(1)  # a worker's identity on the hub is new for each process, across pools and reloads
+
+
+class RemoteModel:
+    """A model its worker processes load: the daemon itself loads nothing (no runtime imported,
+    no second session); what /readyz, the metrics and a reload need comes from the first
+    worker's ready line (`describe()`, file digest, load time)."""
+
+    def __init__(self, cfg, path: Path) -> None:
+        self.cfg, self.name, self.path = cfg, cfg.name, path
+        self.sha256: str | None = None
+        self.info: dict = {"name": cfg.name, "path": str(path)}
+        self.load_seconds = 0.0
+
+    def described(self, answer: dict) -> None:
+        self.info = answer.get("describe") or self.info
+        self.sha256 = self.info.get("sha256")
+        self.load_seconds = float(self.info.get("load_seconds") or 0.0)
+
+    def describe(self) -> dict:
+        return self.info
+
+    def keeps_state(self) -> bool:
+        """Whether results depend on the source's earlier frames (smoothing): then one worker
+        process serves all of a source's frames."""
+        return getattr(self.cfg.postprocess, "smooth", None) is not None
+
+    def close(self) -> None:
+        pass
 
 
 class WorkerProcess:
@@ -160,9 +189,7 @@ class WorkerPool:
         except ModelLoadError:
             self.close()
             raise
-        # the daemon's own load skipped the warm-up: the workers' is the one /readyz reports
-        self.model.first_run_seconds = answers[0].get("first_run_seconds")
-        self.model.warmup_seconds = answers[0].get("warmup_seconds")
+        self.model.described(answers[0])
         log.info("model %s: %d worker process(es) ready (pids %s)", self.name, len(self.workers),
                  ", ".join(str(w.ident) for w in self.workers))  # fmt: skip
 
@@ -437,7 +464,8 @@ def _wait_ready(pipes: dict[int, WorkerProcess], deadline: float, name: str) -> 
                 answer = json.loads(line) if line else {"error": "the worker process exited while loading"}
                 if "error" in answer:
                     w = pipes[fd]
-                    raise ModelLoadError(name, f"worker process {w.index}: {answer['error']}")
+                    log.error("model %s: worker process %d could not load it", name, w.index)
+                    raise ModelLoadError(name, answer["error"])
                 answers.append(answer)
     finally:
         for fd in buffers:
