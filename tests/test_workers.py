@@ -39,10 +39,21 @@ TENSOR = np.zeros((1, 3, 64, 64), np.float32)
 
 
 def children(pid: int) -> list[int]:
-    """The daemon's child processes (its worker processes)."""
+    """The daemon's child processes (its worker processes), by each process's parent pid.
+
+    Not /proc/PID/task/*/children: a thread that ends between the listing and the read (the
+    reload's old threads do) makes that racy.
+    """
     out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:  # a process may end between the listing and the read
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: ppid
+            out.append(int(entry.name))
     return sorted(out)
 
 

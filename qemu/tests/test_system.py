@@ -346,9 +346,12 @@ def wait_for(what: str, check, timeout: float = 180, every: float = 1.0):
         time.sleep(every)
 
 
-def infer_concurrently(guest, xs: np.ndarray, clients: int = 2, source: str = "workers") -> list:
+def infer_concurrently(
+    guest, xs: np.ndarray, clients: int = 2, source: str = "workers", seconds: list | None = None
+) -> list:
     """xs over `clients` router connections at once (so each worker process gets frames: a worker
-    holds one batch, max_batch 1 here); the outputs in the order of xs."""
+    holds one batch, max_batch 1 here); the outputs in the order of xs (each request's seconds
+    appended to `seconds`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from inferd.client import InferClient
@@ -357,15 +360,18 @@ def infer_concurrently(guest, xs: np.ndarray, clients: int = 2, source: str = "w
         out = []
         with InferClient(f"tcp://127.0.0.1:{guest.ports['router']}", timeout=120, source=source) as c:
             for i in indexes:
+                sent = time.monotonic()
                 result = c.infer(xs[i], model=WORKER_MODEL, timeout=120)
                 assert result.ok, (i, result.header)
-                out.append((i, result.outputs[0]))
+                out.append((i, result.outputs[0], round(time.monotonic() - sent, 2)))
         return out
 
     with ThreadPoolExecutor(clients) as pool:
         parts = pool.map(run, [range(k, len(xs), clients) for k in range(clients)])
-        done = [pair for part in parts for pair in part]
-    return [out for _, out in sorted(done, key=lambda pair: pair[0])]
+        done = sorted((answer for part in parts for answer in part), key=lambda answer: answer[0])
+    if seconds is not None:
+        seconds += [s for _, _, s in done]
+    return [out for _, out, _ in done]
 
 
 def check_against_x86(outs: list, xs: np.ndarray, reference) -> int:
@@ -385,9 +391,10 @@ def test_two_instances_run_in_two_worker_processes_and_a_killed_one_is_replaced(
 ):
     """`instances: 2, workers: processes` under the hardened unit: two `python -m inferd.engine.child`
     processes in the unit's cgroup (children of MainPID, under its seccomp filter), the hub's ipc
-    socket in the unit's private /tmp, answers equal to x86's; `kill -9` of one worker: the unit
-    stays active with the same MainPID, inferd_worker_restarts_total{model} becomes 1, a new process
-    replaces it and serves (alone, while the other is killed in turn), and both are back after."""
+    socket in a private folder of the unit's RuntimeDirectory, answers equal to x86's; `kill -9` of
+    one worker: the unit stays active with the same MainPID, inferd_worker_restarts_total{model}
+    becomes 1, a new process replaces it and serves (alone, while the other is killed in turn), and
+    both are back after."""
     report: dict = {}
     t0 = time.monotonic()
     try:
@@ -404,15 +411,24 @@ def test_two_instances_run_in_two_worker_processes_and_a_killed_one_is_replaced(
             assert (w["seccomp"], w["no_new_privs"]) == ("2", "1"), w  # the unit's filter, inherited
         report["workers_at_ready"] = workers
         assert f"model {WORKER_MODEL}: 2 worker process(es) ready" in service.journal(100)
-        # The hub's ipc socket: in a mkdtemp folder of the unit's PrivateTmp, not the guest's /tmp.
-        hub = guest.ssh(f"ls -d /proc/{main}/root/tmp/inferd-workers-*/hub", check=False)
-        assert hub.returncode == 0, (hub.stdout, hub.stderr)
-        assert guest.ssh("ls -d /tmp/inferd-workers-* 2>/dev/null", check=False).stdout.strip() == ""
+        # The hub's ipc socket (bound paths: /proc/net/unix), in a private mkdtemp folder: of the
+        # unit's RuntimeDirectory (/run/inferd, removed with the unit), or of its PrivateTmp.
+        bound = guest.ssh("awk '$8 ~ /inferd-workers-.*[/]hub$/ {print $8}' /proc/net/unix").stdout.split()
+        assert len(set(bound)) == 1, bound
+        hub = report["hub"] = bound[0]
+        if hub.startswith("/run/inferd/"):
+            folder = guest.ssh(f"stat -c '%U %a' {shlex.quote(os.path.dirname(hub))}").stdout.split()
+            assert folder == ["inferd", "700"], folder
+        else:
+            assert hub.startswith("/tmp/"), hub
+            assert guest.ssh(f"ls -d /proc/{main}/root{shlex.quote(hub)}", check=False).returncode == 0
+            not_there = guest.ssh(f"test -e {shlex.quote(hub)}", check=False).returncode != 0
+            assert not_there, hub  # in the unit's /tmp, not the guest's
 
         xs = frames(6, seed=41)
-        t1 = time.monotonic()
-        report["bit_exact_before"] = check_against_x86(infer_concurrently(guest, xs), xs, reference)
-        report["seconds_per_frame_2_clients"] = round((time.monotonic() - t1) / len(xs), 2)
+        report["seconds_per_request"] = []  # 2 clients at once
+        outs = infer_concurrently(guest, xs, seconds=report["seconds_per_request"])
+        report["bit_exact_before"] = check_against_x86(outs, xs, reference)
         now = {w["pid"]: w["cpu_ticks"] for w in workers_of(unit_processes(guest, service))}
         report["cpu_ticks_during_frames"] = [now.get(w["pid"], 0) - w["cpu_ticks"] for w in workers]
         assert sample(scrape(), "inferd_worker_restarts", model=WORKER_MODEL) == 0
@@ -443,7 +459,9 @@ def test_two_instances_run_in_two_worker_processes_and_a_killed_one_is_replaced(
 
         # served again, by both
         xs = frames(4, seed=43)
-        report["bit_exact_after"] = check_against_x86(infer_concurrently(guest, xs), xs, reference)
+        report["seconds_per_request_after"] = []
+        outs = infer_concurrently(guest, xs, seconds=report["seconds_per_request_after"])
+        report["bit_exact_after"] = check_against_x86(outs, xs, reference)
         # by the replacement alone: worker 1 killed too, a frame sent while its own replacement
         # loads (seconds under TCG)
         guest.ssh(f"kill -9 {workers[1]['pid']}")
@@ -471,12 +489,14 @@ def test_two_instances_run_in_two_worker_processes_and_a_killed_one_is_replaced(
         service.restore()
 
 
-def test_memory_of_worker_processes_pss_and_rss_at_ready(guest, service):
+def test_memory_of_worker_processes_pss_and_rss_at_ready(guest, service, scrape):
     """The unit's memory at READY=1 with the TFLite model at 1 instance (a thread), 2 and 3 (worker
     processes): summed over every process of the unit's cgroup, PSS (each shared page split between
     the processes that map it: what the unit really costs) and RSS (shared pages counted in each).
     An extra instance must cost less PSS than the whole one-instance daemon: the worker processes
-    share pages (the interpreter, libraries, the model file) instead of each being a daemon."""
+    share pages (the interpreter, libraries, the model file) instead of each being a daemon. The
+    daemon's own inferd_worker_resident_memory_bytes{model,index} (read from /proc under the unit's
+    ProtectProc=invisible) agrees with smaps_rollup's Rss."""
     report: dict = {}
     try:
         for instances, mode in ((1, "threads"), (2, "processes"), (3, "processes")):
@@ -489,6 +509,15 @@ def test_memory_of_worker_processes_pss_and_rss_at_ready(guest, service):
             assert len(workers) == (0 if mode == "threads" else instances), procs
             assert len(procs) == 1 + len(workers), procs
             main = next(p for p in procs if p["pid"] == int(state["MainPID"]))
+            family = scrape().get("inferd_worker_resident_memory_bytes")
+            exported = {
+                x.labels["index"]: x.value / 1024
+                for x in (family.samples if family else [])
+                if x.labels.get("model") == WORKER_MODEL
+            }
+            assert sorted(exported) == [w["argv"][-1] for w in workers], exported
+            for w in workers:  # the same pages counted: within a few percent of smaps_rollup's Rss
+                assert abs(exported[w["argv"][-1]] - w["rss_kb"]) <= 0.1 * w["rss_kb"], (exported, w)
             report[f"instances_{instances}"] = {
                 "workers": mode,
                 "processes": len(procs),
