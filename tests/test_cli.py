@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import yaml
+
 from tests.conftest import EXAMPLES, MODELS
 
 
@@ -76,11 +78,19 @@ def test_models_describes_a_file_and_measures_it():
     )
 
 
-def test_models_pointed_at_a_config_says_so():
-    proc = inferd("models", str(EXAMPLES / "inferd.yaml"))
-    assert proc.returncode == 2 and "pydantic" not in proc.stderr
-    assert f"{EXAMPLES / 'inferd.yaml'} is a config file" in proc.stderr
-    assert f"inferd check -c {EXAMPLES / 'inferd.yaml'}" in proc.stderr
+def test_models_of_a_config_are_described_as_configured_with_what_runs_them():
+    proc = inferd("models", str(EXAMPLES / "inferd.yaml"), "--json", "--runs", "3")
+    assert proc.returncode == 0, proc.stderr
+    infos = {m["name"]: m for m in json.loads(proc.stdout)["models"]}
+    config = yaml.safe_load((EXAMPLES / "inferd.yaml").read_text())
+    assert sorted(infos) == sorted(m["name"] for m in config["models"])
+    by_runtime = {m["runtime"]: m for m in infos.values()}
+    assert by_runtime["onnx"]["accelerator"] == "CPUExecutionProvider"
+    assert by_runtime["onnx"]["placement"]["CPUExecutionProvider"] > 0
+    assert by_runtime["tflite"]["accelerator"] in ("xnnpack", "cpu")
+    assert all(m["mean_latency_ms"] > 0 and m["runs"] == 3 for m in infos.values())
+    proc = inferd("models", str(EXAMPLES / "inferd.yaml"), "--runs", "1")
+    assert proc.returncode == 0 and "runs on CPUExecutionProvider (nodes: CPUExecutionProvider" in proc.stdout
 
 
 def test_a_missing_model_is_reported_once_with_every_path_tried(write_config, tmp_path):

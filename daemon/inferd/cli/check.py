@@ -29,8 +29,12 @@ def add_check(sub) -> None:
 
 
 def add_models(sub) -> None:
-    m = sub.add_parser("models", help="describe a model file and measure its latency")
-    m.add_argument("path", type=Path, help="a .onnx or .tflite file")
+    m = sub.add_parser(
+        "models", help="describe a model file, or every model of a config, and measure its latency"
+    )
+    m.add_argument(
+        "path", type=Path, help="a .onnx or .tflite file, or a config (.yaml): its models, as configured"
+    )
     m.add_argument("--runtime", choices=["onnx", "tflite"], help="default: from the extension")
     m.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
     m.add_argument("--runs", type=int, default=50, help="timed runs for the mean latency (default 50)")
@@ -91,6 +95,9 @@ def print_check(report: dict) -> None:
 def print_model(m: dict) -> None:
     quant = m["quantization"] or ("quantized" if m["quantized"] else "float")
     print(f"  model {m['name']}: {m['runtime']} ({m['runtime_package']}), {quant}, {m['path']}")
+    if m.get("accelerator"):
+        where = ", ".join(f"{k} {v}" for k, v in (m.get("placement") or {}).items())
+        print(f"    runs on {m['accelerator']}" + (f" (nodes: {where})" if where else ""))
     for kind in ("inputs", "outputs"):
         for t in m[kind]:
             dims = "x".join("?" if d < 0 else str(d) for d in t["shape"])
@@ -123,12 +130,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from inferd.engine.models import load_model
 
     if args.path.suffix.lower() in (".yaml", ".yml") and not args.runtime:
-        print(
-            f"inferd models: {args.path} is a config file; `inferd models` describes one model file "
-            f"(.onnx, .ort, .tflite). For every model of a config: inferd check -c {args.path}",
-            file=sys.stderr,
-        )
-        return 2
+        return config_models(args)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", args.path.stem) or "model"
     entry = {"name": name, "path": str(args.path), "warmup": 1}
     if args.runtime:
@@ -142,20 +144,47 @@ def cmd_models(args: argparse.Namespace) -> int:
         msgs = msgs.replace("set runtime: onnx or runtime: tflite", "give --runtime onnx or --runtime tflite")
         print(f"inferd models: {msgs}", file=sys.stderr)
         return 2
-    model = load_model(cfg, Path.cwd())
-    info = model.describe()
-    try:
-        info["mean_latency_ms"], info["runs"] = measure(model, args.runs), args.runs
-    except Exception as e:  # a model that loads but fails on made-up inputs: say so, no traceback
-        shapes = ", ".join(str(list(x.shape)) for x in model.warm_inputs())
-        info["mean_latency_ms"], info["runs"] = None, 0
-        info["latency_error"] = f"could not run it on zeros of shape {shapes}: {e}"
-    model.close()
+    info = timed(load_model(cfg, Path.cwd()), args.runs)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         print_model(info)
     return 0
+
+
+def config_models(args: argparse.Namespace) -> int:
+    """`inferd models CONFIG`: each model of the config loaded as the daemon would (runtime
+    options, providers, delegate), described and timed; 1 if one cannot be loaded."""
+    from inferd.engine.models import load_models
+
+    try:
+        config, base_dir = load_config(args.path)
+    except InferdError as e:
+        print(f"inferd models: {e}", file=sys.stderr)
+        return 1
+    loaded, failed = load_models(config, base_dir)
+    infos = [timed(m, args.runs) for m in loaded.values()]
+    if args.json:
+        print(json.dumps({"models": infos, "errors": [str(e) for e in failed.values()]}, indent=2))
+    else:
+        for info in infos:
+            print_model(info)
+        for e in failed.values():
+            print(f"  error: {e}")
+    return 1 if failed else 0
+
+
+def timed(model, runs: int) -> dict:
+    """The model's description with its mean latency over `runs` runs on zeros; the model closed."""
+    info = model.describe()
+    try:
+        info["mean_latency_ms"], info["runs"] = measure(model, runs), runs
+    except Exception as e:  # a model that loads but fails on made-up inputs: say so, no traceback
+        shapes = ", ".join(str(list(x.shape)) for x in model.warm_inputs())
+        info["mean_latency_ms"], info["runs"] = None, 0
+        info["latency_error"] = f"could not run it on zeros of shape {shapes}: {e}"
+    model.close()
+    return info
 
 
 def measure(model, runs: int) -> float | None:

@@ -184,6 +184,8 @@ class Model:
             "runtime_package": getattr(b, "package", "onnxruntime" if b.runtime == "onnx" else None),
             "quantized": b.quantized,
             "quantization": getattr(b, "quantization_format", None),
+            "accelerator": getattr(b, "accelerator", "cpu"),
+            "placement": getattr(b, "placement", {}),
             "threads": self.cfg.threads,
             "inputs": [s.to_dict() for s in b.inputs],
             "outputs": [s.to_dict() for s in b.outputs],

@@ -57,18 +57,20 @@ def severity_of(line: str) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def native_stderr_to(logger: logging.Logger, min_level: int) -> Iterator[None]:
+def native_stderr_to(logger: logging.Logger, min_level: int) -> Iterator[list[str]]:
     """Capture what C++ code writes to fd 2 while the block runs and re-log it line by line.
 
     Used around model loading only (never on the hot path). Lines below `min_level` are
-    logged at DEBUG so nothing is lost when debugging.
+    logged at DEBUG so nothing is lost when debugging. The list the block gets is filled with
+    the lines when the block ends (a runtime's load report is read from it).
     """
+    lines: list[str] = []
     with _capture_lock, tempfile.TemporaryFile(mode="w+b") as tmp:
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(tmp.fileno(), 2)
         try:
-            yield
+            yield lines
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -77,5 +79,6 @@ def native_stderr_to(logger: logging.Logger, min_level: int) -> Iterator[None]:
             for raw in tmp.read().decode(errors="replace").splitlines():
                 line = _ANSI.sub("", raw).strip()
                 if line:
+                    lines.append(line)
                     level, text = severity_of(line)
                     logger.log(level if level >= min_level else logging.DEBUG, "%s", text)

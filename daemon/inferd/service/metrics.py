@@ -111,8 +111,9 @@ class Metrics:
         )
         self.model_info = Gauge(
             "inferd_model_info",
-            "The loaded model's file and runtime (value 1).",
-            ["model", "runtime", "path", "sha256", "quantized"],
+            "The loaded model's file, runtime and what runs it (value 1): accelerator is an onnxruntime "
+            "execution provider, delegate:LIBRARY, xnnpack or cpu.",
+            ["model", "runtime", "path", "sha256", "quantized", "accelerator"],
             registry=r,
         )
         self.model_load_seconds = Gauge(
@@ -178,7 +179,12 @@ class Metrics:
             self.model_info.remove(*labels)  # a reloaded model: only its current file is listed
         self.model_loaded.labels(model.name).set(1)
         self.model_info.labels(
-            model.name, info["runtime"], info["path"], info["sha256"], str(info["quantized"]).lower()
+            model.name,
+            info["runtime"],
+            info["path"],
+            info["sha256"],
+            str(info["quantized"]).lower(),
+            info.get("accelerator", "cpu"),
         ).set(1)
         self.model_load_seconds.labels(model.name).set(model.load_seconds)
 

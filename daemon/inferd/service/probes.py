@@ -73,7 +73,11 @@ class Probes:
         models = {}
         for cfg in self.d.config.models:
             if cfg.name in self.d.models:
-                models[cfg.name] = {"state": "ready", "runtime": cfg.runtime.type, "required": cfg.required}
+                info = self.d.models[cfg.name][0].describe()
+                models[cfg.name] = {
+                    "state": "ready", "runtime": cfg.runtime.type, "required": cfg.required,
+                    "accelerator": info.get("accelerator", "cpu"), "placement": info.get("placement", {}),
+                }  # fmt: skip
                 pool = self.d.pools.get(cfg.name)
                 if pool is not None:  # worker processes: how many serve now (others restarting)
                     models[cfg.name]["workers"] = {

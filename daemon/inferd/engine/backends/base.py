@@ -90,6 +90,11 @@ class Backend(Protocol):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     quantized: bool
+    # What runs the model, as /readyz, `inferd check` and inferd_model_info say it: an onnxruntime
+    # execution provider, `delegate:LIBRARY`, `xnnpack` or `cpu`; and the graph's nodes per kernel
+    # family where the runtime tells ({} where it does not). docs/accelerators.md.
+    accelerator: str
+    placement: dict[str, int]
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
 

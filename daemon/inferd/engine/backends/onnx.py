@@ -1,4 +1,5 @@
-"""onnxruntime on the CPU: float, QDQ, QOperator and dynamic-quantized models."""
+"""onnxruntime: float, QDQ, QOperator and dynamic-quantized models, on the CPU or the execution
+providers the config names (onnx_providers.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from inferd.engine.backends import onnx_providers as eps
 from inferd.engine.backends import register
 from inferd.engine.backends.base import TensorSpec, available_cores
 from inferd.engine.backends.onnx_graph import read_graph
@@ -43,8 +45,8 @@ EXACT_INT8 = ("session.x64quantprecision", "1")
 _SEVERITY = {"debug": 0, "info": 1, "warning": 2, "error": 3}
 
 
-class OnnxConfig(BaseModel):
-    """Options for onnxruntime (CPU execution provider)."""
+class OnnxConfig(eps.ProvidersMixin):
+    """Options for onnxruntime: execution providers, graph optimization, int8 precision."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["onnx"] = "onnx"
@@ -82,7 +84,6 @@ class OnnxBackend:
         opts.intra_op_num_threads = cfg.threads or available_cores()
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = _SEVERITY[runtime_level]
         level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -92,13 +93,32 @@ class OnnxBackend:
         opts.graph_optimization_level = level
         if cfg.runtime.exact_int8:
             opts.add_session_config_entry(*EXACT_INT8)
+        providers = eps.requested(cfg.name, cfg.runtime, ort.get_available_providers(), ort.__version__)
+        # The session logs where it placed the nodes at the verbose level only: verbose while it
+        # loads (those lines are re-logged at DEBUG), the configured level when it runs.
+        opts.log_severity_level = 0
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = _SEVERITY[runtime_level]
         try:
-            with native_stderr_to(log, LEVELS[runtime_level]):
-                self.session = ort.InferenceSession(
-                    str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-                )
+            self.session, lines = self._session(ort, path, opts, providers, runtime_level)
         except Exception as e:  # onnxruntime raises its own pybind exception types
-            raise ModelLoadError(cfg.name, f"onnxruntime cannot load {path}: {_explain(e)}") from None
+            if cfg.runtime.fallback == "fail" or [p.name for p in providers] == [eps.CPU]:
+                raise ModelLoadError(cfg.name, f"onnxruntime cannot load {path}: {_explain(e)}") from None
+            try:  # the CPU alone: if the model itself is the problem, say that instead
+                self.session, lines = self._session(
+                    ort, path, opts, [eps.ProviderConfig(name=eps.CPU)], runtime_level
+                )
+            except Exception as e2:
+                raise ModelLoadError(cfg.name, f"onnxruntime cannot load {path}: {_explain(e2)}") from None
+            log.warning(
+                "model %s: onnxruntime cannot start %s: %s; running on %s (fallback: cpu)",
+                cfg.name, ", ".join(p.name for p in providers if p.name != eps.CPU), _explain(e), eps.CPU,
+            )  # fmt: skip
+        self.placement = eps.placement(lines)
+        registered = self.session.get_providers()
+        eps.check_started(cfg.name, cfg.runtime.fallback, providers, registered, lines)
+        self.accelerator = eps.accelerator(self.placement, registered)
+        eps.check_placement(cfg.name, cfg.runtime.fallback, registered, self.placement, self.accelerator)
         try:
             graph = read_graph(path)
         except (ValueError, UnicodeDecodeError, IndexError) as e:
@@ -131,9 +151,17 @@ class OnnxBackend:
         # (inferd has checked names and shapes already); the public run where it is missing.
         sess = getattr(self.session, "_sess", None)
         if sess is not None and hasattr(sess, "run"):
-            self._run = lambda names, feed: sess.run(names, feed, None)
+            self._run = lambda names, feed: sess.run(names, feed, self._run_options)
         else:
-            self._run = self.session.run
+            self._run = lambda names, feed: self.session.run(names, feed, self._run_options)
+
+    @staticmethod
+    def _session(ort, path: Path, opts, providers: list, runtime_level: str) -> tuple:
+        with native_stderr_to(log, LEVELS[runtime_level]) as lines:
+            session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=eps.session_args(providers)
+            )
+        return session, lines
 
     def infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return self._run(self._output_names, dict(zip(self._input_names, inputs, strict=True)))

@@ -1,15 +1,18 @@
-"""TFLite: ai-edge-litert's Interpreter, or tflite-runtime's where only that is installed."""
+"""TFLite: ai-edge-litert's Interpreter, or tflite-runtime's where only that is installed; an
+external delegate when the config names one (tflite_delegates.py)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from inferd.engine.backends import register
+from inferd.engine.backends import tflite_delegates as delegates
 from inferd.engine.backends.base import Quantization, TensorSpec, available_cores
 from inferd.errors import ModelLoadError
 from inferd.service.logs import LEVELS, native_stderr_to
@@ -20,8 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("inferd.runtime.litert")
 
 
-class TfliteConfig(BaseModel):
-    """Options for the TFLite interpreter."""
+class TfliteConfig(delegates.DelegateMixin):
+    """Options for the TFLite interpreter: which package, XNNPACK, an external delegate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: Literal["tflite"] = "tflite"
@@ -68,12 +71,28 @@ class TfliteBackend:
             # The builtin op resolver without the default (XNNPACK) delegate.
             mod = __import__(interpreter.__module__, fromlist=["OpResolverType"])
             kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        runtime = cfg.runtime
+        delegate = delegates.load(sys.modules[interpreter.__module__], cfg.name, runtime)
         try:
-            with native_stderr_to(log, LEVELS[runtime_level]):
-                self.interpreter = interpreter(**kwargs)
-                self.interpreter.allocate_tensors()
+            self.interpreter, constructed = _build(interpreter, kwargs, delegate, runtime_level)
         except (ValueError, RuntimeError) as e:
-            raise ModelLoadError(cfg.name, f"{self.package} cannot load {path}: {_explain(e)}") from None
+            if delegate is None:
+                raise ModelLoadError(cfg.name, f"{self.package} cannot load {path}: {_explain(e)}") from None
+            delegates.fall_back(
+                cfg.name, runtime, f"delegate {runtime.delegate.library} failed on this model: {_explain(e)}"
+            )
+            delegate = None
+            try:
+                self.interpreter, constructed = _build(interpreter, kwargs, None, runtime_level)
+            except (ValueError, RuntimeError) as e2:
+                raise ModelLoadError(cfg.name, f"{self.package} cannot load {path}: {_explain(e2)}") from None
+        name = delegates.name_of(runtime.delegate) if runtime.delegate else "delegate"
+        self.placement = delegates.placement(self.interpreter, constructed, name)
+        self.accelerator = delegates.accelerator(self.placement, runtime.xnnpack)
+        if delegate is not None and self.placement and not self.placement.get(name):
+            delegates.fall_back(
+                cfg.name, runtime, f"delegate {runtime.delegate.library} took no node of the model"
+            )
         itp = self.interpreter
         self.inputs = [_spec(d) for d in itp.get_input_details()]
         self.outputs = [_spec(d) for d in itp.get_output_details()]
@@ -94,6 +113,19 @@ class TfliteBackend:
 
     def close(self) -> None:
         self.interpreter = None
+
+
+def _build(interpreter: type, kwargs: dict, delegate, runtime_level: str) -> tuple:
+    """The interpreter, allocated, and its node count before allocation (the model's nodes and the
+    external delegate's, applied in the constructor; XNNPACK adds its own when allocating)."""
+    with native_stderr_to(log, LEVELS[runtime_level]):
+        itp = interpreter(**kwargs, experimental_delegates=[delegate] if delegate is not None else None)
+        try:
+            constructed = itp._interpreter.NumNodes()
+        except AttributeError:
+            constructed = 0
+        itp.allocate_tensors()
+    return itp, constructed
 
 
 def _spec(detail: dict) -> TensorSpec:
@@ -123,6 +155,13 @@ def _has_quantized_tensors(itp) -> bool:
 
 def _explain(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = text.replace("Restored original execution plan", "; restored the original execution plan")
+    if "edgetpu-custom-op" in str(e):
+        return (
+            f"{text} (the model was compiled for the Edge TPU: load it with its delegate, runtime: "
+            "{type: tflite, delegate: {library: libedgetpu.so.1}}, on a board with a Coral; or use "
+            "the model from before the Edge TPU compiler on the CPU)"
+        )
     if "custom op" in text.lower() or "unresolved" in text.lower():
         return f"{text} (the model uses an op this runtime does not have; register it or re-convert)"
     if "identifier" in text.lower() or "not a valid" in text.lower() or "flatbuffer" in text.lower():
