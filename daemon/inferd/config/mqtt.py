@@ -36,6 +36,18 @@ class HomeAssistantConfig(Strict):
         description="`every`/`rate` models: binary sensors turn off this many seconds after the last "
         "sighting (at least two publish intervals); `change` models publish the label leaving instead.",
     )
+    birth_topic: str | None = Field(
+        None,
+        description="Home Assistant's birth message topic (default: DISCOVERY_PREFIX/status): when it "
+        "says `online`, inferd announces its entities and their latest states again.",
+    )
+
+    @field_validator("birth_topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        if v is not None and (not v or re.search(r"[#+]", v)):
+            raise ValueError(f"{v!r}: a topic, without MQTT wildcards (# +)")
+        return v
 
 
 class MqttTlsConfig(Strict):

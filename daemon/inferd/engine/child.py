@@ -225,6 +225,9 @@ def main() -> int:
     from inferd.service.logs import setup_logging
 
     setup_logging(spec.get("log_level", "info"))
+    if spec["index"] > 0:  # an accelerator's fallback warning is the same for each instance: once
+        for name in ("inferd.runtime.onnxruntime", "inferd.runtime.litert"):
+            logging.getLogger(name).addFilter(lambda r: "(fallback: cpu)" not in r.getMessage())
     try:
         cfg = ModelConfig.model_validate(spec["model"])
         model = load_model(cfg, Path(spec["base_dir"]), spec.get("runtime_level", "warning"))

@@ -10,11 +10,18 @@ explicit OFF and there is no `off_delay` (it would turn off a person standing st
 appear when a source first sends a result, are announced again on every reconnection (retained),
 and are removed (an empty retained config) when a reload drops the model, or, at the first
 connection after a start, when their model or label is no longer configured.
+
+An entity's state is its model and source's latest result, published retained by the sink (so a
+Home Assistant that subscribes after the config, ~100 ms later, or after a restart, gets it at
+once); its latest payload is kept here, and Home Assistant's birth message (`online` on
+DISCOVERY_PREFIX/status) makes the sink announce every config and latest state again. A removed
+entity's retained state is emptied with its config (docs/mqtt.md, "Home Assistant").
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
@@ -22,6 +29,7 @@ import threading
 from inferd import __version__
 from inferd.config.mqtt import MqttConfig
 
+log = logging.getLogger("inferd.mqtt")
 SWEEP_S = 3.0  # after connecting, how long retained discovery configs are read for stale ones
 
 
@@ -45,9 +53,11 @@ class Discovery:
         self.models = set(models or ())  # the configured models: others' entities are stale
         self.announced: dict[str, dict[str, str]] = {}  # model -> {config topic: payload}
         self._seen: set[tuple[str, str]] = set()  # (model, source) announced: one lookup per result
+        self.states: dict[tuple[str, str], tuple[str, str]] = {}  # (model, source) -> topic, latest
         self._lock = threading.Lock()
         self._swept = False
         self.node = f"inferd_{cfg.device_id}"
+        self.birth_topic = self.ha.birth_topic or f"{self.ha.discovery_prefix}/status"
 
     @property
     def device(self) -> dict:
@@ -102,25 +112,44 @@ class Discovery:
                 out[f"{prefix}/binary_sensor/{node}/{_id(model)}_{_id(source)}_{_id(label)}/config"] = sensor
         return out
 
-    def seen(self, model: str, source: str, result: dict) -> None:
-        """Announce a model/source's entities the first time it has a result."""
-        if (model, source) in self._seen:
-            return
-        with self._lock:
-            self._seen.add((model, source))
-            for topic, payload in self.entities(model, source, result).items():
-                text = json.dumps(payload, separators=(",", ":"))
-                self.announced.setdefault(model, {})[topic] = text
+    def seen(self, model: str, source: str, result: dict, topic: str, text: str) -> None:
+        """The sink's thread, before it publishes `text` on `topic`: announce a model/source's
+        entities the first time it has a result; `text` is their latest state."""
+        key = (model, source)
+        if key not in self._seen:
+            with self._lock:
+                self._seen.add(key)
+                for config, payload in self.entities(model, source, result).items():
+                    encoded = json.dumps(payload, separators=(",", ":"))
+                    self.announced.setdefault(model, {})[config] = encoded
+                    self.client.publish(config, encoded, qos=1, retain=True)
+        self.states[key] = (topic, text)
+
+    def _announce(self) -> None:
+        """Every config announced so far, again (the lock held)."""
+        for entities in self.announced.values():
+            for topic, text in entities.items():
                 self.client.publish(topic, text, qos=1, retain=True)
+
+    def born(self) -> None:
+        """The sink's thread (so no newer result of an entity goes out before its latest state):
+        Home Assistant said `online` (it started, or reconnected): every config, then every
+        entity's latest state, again. Retained states make this a second line of defence (a
+        broker that lost them, one that does not keep them); it is what Home Assistant asks."""
+        with self._lock:
+            self._announce()
+            states = list(self.states.values())  # one C call: the sink may add a source meanwhile
+        for topic, text in states:
+            self.client.publish(topic, text, qos=self.cfg.qos, retain=True)
+        log.info("Home Assistant is online: %d entity configs and %d states announced again",
+                 sum(map(len, self.announced.values())), len(states))  # fmt: skip
 
     def connected(self) -> None:
         """Announce again after a (re)connection: the broker may have lost retained messages. On
         the first connection, also read this board's retained configs for a few seconds and delete
         those of models (or labels) no longer configured: removed while inferd was stopped."""
         with self._lock:
-            for entities in self.announced.values():
-                for topic, text in entities.items():
-                    self.client.publish(topic, text, qos=1, retain=True)
+            self._announce()
             if self._swept:
                 return
             self._swept = True
@@ -137,9 +166,18 @@ class Discovery:
         timer.start()
 
     def _retained(self, client, _userdata, msg) -> None:
-        """paho's thread: a config this board announced some time; empty it if it is stale."""
-        if msg.payload and self.stale(msg.topic):
-            client.publish(msg.topic, "", qos=1, retain=True)
+        """paho's thread: a config this board announced some time; empty it if it is stale, and
+        if its model is gone, its retained state too (a stale label's state is a live model's)."""
+        if not msg.payload or not self.stale(msg.topic):
+            return
+        client.publish(msg.topic, "", qos=1, retain=True)
+        if _name(msg.topic.split("/")[-2].split("_")[0]) in self.models:
+            return
+        try:
+            state = json.loads(msg.payload)["state_topic"]
+            client.publish(state, "", qos=1, retain=True)
+        except (ValueError, KeyError, TypeError):  # not JSON, no state topic, or not a topic
+            log.warning("a stale config on %s names no state topic to empty", msg.topic)
 
     def stale(self, topic: str) -> bool:
         """A config topic for a model that is not configured, or a label no longer of interest."""
@@ -150,9 +188,13 @@ class Discovery:
         return component == "binary_sensor" and len(ids) == 3 and _name(ids[2]) not in self.ha.labels
 
     def remove(self, models: set[str]) -> None:
-        """Entities of models a reload removed: an empty retained config deletes them in HA."""
+        """Entities of models a reload removed: an empty retained config deletes them in HA, an
+        empty retained state leaves nothing of them in the broker."""
         with self._lock:
             self._seen = {key for key in self._seen if key[0] not in models}
             for model in models:
                 for topic in self.announced.pop(model, {}):
                     self.client.publish(topic, "", qos=1, retain=True)
+            for key in list(self.states):  # one C call: the sink may add a source meanwhile
+                if key[0] in models:
+                    self.client.publish(self.states.pop(key)[0], "", qos=1, retain=True)
