@@ -76,6 +76,7 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.capture
 	$(PY) -m benchmarks.mqtt
+	$(PY) -m benchmarks.live
 	$(PY) -m benchmarks.plot
 
 # The long fuzz campaign: > 100,000 generated inputs (make test runs a short pass).
@@ -94,9 +95,11 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/inferd demo --duration $(DEMO_SECONDS)
 
 # Real peers some tests start: an RTSP server and ffmpeg to feed it (tests/capture/test_rtsp.py),
-# a Mosquitto broker and its clients (tests/test_mqtt.py). Debian packages (command:package),
+# a Mosquitto broker and its clients (tests/test_mqtt.py), a headless Chromium that opens the live
+# view (tests/test_live_view.py). Debian packages (command:package),
 # installed when we can (root); elsewhere those tests skip, and under CI they fail instead.
-TEST_TOOLS := rtsp-server-perl:rtsp-server-perl ffmpeg:ffmpeg mosquitto:mosquitto mosquitto_sub:mosquitto-clients
+TEST_TOOLS := rtsp-server-perl:rtsp-server-perl ffmpeg:ffmpeg mosquitto:mosquitto mosquitto_sub:mosquitto-clients \
+	chromium:chromium
 .test-tools-ok:
 	@missing=""; for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
@@ -110,7 +113,7 @@ TEST_TOOLS := rtsp-server-perl:rtsp-server-perl ffmpeg:ffmpeg mosquitto:mosquitt
 # The daemon's promises once more with every model in worker processes (INFERD_WORKERS decides
 # what `workers: auto` means; docs/architecture.md, "Worker processes").
 PROCESS_TESTS := tests/test_daemon.py tests/test_transport.py tests/test_batching.py tests/test_metrics.py \
-	tests/test_frigate.py tests/test_mqtt.py tests/test_security.py tests/test_service.py
+	tests/test_frigate.py tests/test_mqtt.py tests/test_security.py tests/test_service.py tests/test_live_view.py
 test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed $(OPENVINO)/.installed .test-tools-ok
 	$(PY) -m pytest
 	INFERD_WORKERS=processes $(PY) -m pytest -q -p no:cacheprovider $(PROCESS_TESTS)

@@ -60,7 +60,9 @@ def cpu_seconds(pid: int) -> float:
 class Daemon:
     """`inferd run` in a subprocess on a generated config (ipc sockets in a temp dir)."""
 
-    def __init__(self, models_yaml: str, extra_yaml: str = "", endpoints_yaml: str = "") -> None:
+    def __init__(
+        self, models_yaml: str, extra_yaml: str = "", endpoints_yaml: str = "", metrics_yaml: str = ""
+    ) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="inferd-bench-")
         d = self.tmp.name
         self.router = f"tcp://127.0.0.1:{free_port()}"
@@ -70,7 +72,7 @@ class Daemon:
         cfg.write_text(
             f'models:\n{models_yaml}\nendpoints:\n  - {{type: router, bind: "{self.router}"}}\n'
             f'  - {{type: pull, bind: "{self.pull}", rcvhwm: 64}}\n{endpoints_yaml}results:\n  bind: "{self.results}"\n'
-            f'  sndhwm: 100000\nmetrics:\n  listen: "{self.metrics}"\nlogging: {{level: warning}}\n{extra_yaml}'
+            f'  sndhwm: 100000\nmetrics:\n  listen: "{self.metrics}"\n{metrics_yaml}logging: {{level: warning}}\n{extra_yaml}'
         )
         self.log = open(Path(d) / "log", "w+")
         t0 = time.monotonic()

@@ -20,6 +20,8 @@ from inferd.errors import InferdError, ModelLoadError
 from inferd.ingest.routing import Dispatcher
 from inferd.ingest.security import Authenticator
 from inferd.ingest.transport import Transport
+from inferd.outputs.live import LiveView
+from inferd.outputs.live import app as live_routes
 from inferd.outputs.replies import Replies
 from inferd.service.health import HttpServer
 from inferd.service.metrics import Metrics
@@ -167,10 +169,15 @@ class Daemon:
         # Workers hand the GIL back after each inference; with the default 5 ms switch interval a
         # busy IO thread would keep them waiting that long for it (measured: benchmarks/overhead).
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        live_app = None
+        if self.config.metrics.live_view:  # outputs/live.py, docs/live-view.md
+            colors = {m.name: m.preprocess.frame_color for m in self.config.models}
+            self.replies.live = LiveView(self.config.metrics.live_fps, colors)
+            live_app = live_routes(self.replies.live)
         if self.config.metrics.listen:
             self.http = HttpServer(
                 self.config.metrics.listen, self.metrics.registry, self.health, self.readiness,
-                self.config.security.http,
+                self.config.security.http, live_app,
             )  # fmt: skip
         self.models = self._load(self.config.models, self.base_dir, self.config.logging.runtime_level)
         for name in self.failed:

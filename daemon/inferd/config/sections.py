@@ -127,6 +127,12 @@ class MetricsConfig(Strict):
         None, min_length=1, description="Histogram buckets in seconds (default: 100 us to 10 s)."
     )
     sysfs: str = Field("/sys", description="Where to read temperatures and CPU frequencies from.")
+    live_view: bool = Field(
+        False,
+        description="Serve /live, /live/MODEL/SOURCE.jpg and .mjpg on this server: camera frames with "
+        "the model's results drawn on them (docs/live-view.md). Off by default: it shows what cameras see.",
+    )
+    live_fps: float = Field(5.0, gt=0, le=30, description="The most pictures per second a live view sends.")
 
     @field_validator("latency_buckets")
     @classmethod

@@ -248,6 +248,8 @@ class WorkerPool:
         if kind == m.RESULT:
             replies.forward_result(frame, self.name, parts)
         elif kind == m.REPLY:
+            if replies.live is not None and frame.codec is None:
+                replies.live.offer_wire(self.name, frame, parts[0], parts[1:])
             replies.send_parts(frame.reply_to, parts)
         else:
             reason, message = parts[0].decode(), parts[1].decode()

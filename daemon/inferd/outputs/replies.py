@@ -63,6 +63,7 @@ class Replies:
         self.pub_lock = threading.Lock()
         self.warn = RateLimitedLog()
         self.sink = None  # the MQTT sink (mqtt.py): offered every result of a streamed frame
+        self.live = None  # the live view (live.py): offered every result
 
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
@@ -138,6 +139,8 @@ class Replies:
     def result(self, frame: Frame, model, outputs, decoded, t: Timings) -> None:
         h = frame.header
         latency = time.time() - (h.ts if h.ts is not None else frame.received_wall)
+        if self.live is not None:  # before the mask's PNG is taken out of `decoded` below
+            self.live.offer(model.name, frame, decoded)
         sink = self.sink
         if sink is not None and frame.reply_to is None:  # streamed frames only (docs/mqtt.md);
             # before the mask's PNG is taken out of `decoded` below
@@ -217,6 +220,8 @@ class Replies:
     def forward_result(self, frame: Frame, model: str, parts: list) -> None:
         """A streamed frame's result as a worker process encoded it: [topic, header, tensors...]
         (IO thread). The MQTT sink reads it back from the wire form."""
+        if self.live is not None:
+            self.live.offer_wire(model, frame, parts[1], parts[2:])
         sink = self.sink
         if sink is not None:
             offer_wire(sink, model, frame, parts)

@@ -1,4 +1,5 @@
-"""The HTTP endpoint: /metrics (Prometheus), /healthz (alive and making progress), /readyz."""
+"""The HTTP endpoint: /metrics (Prometheus), /healthz (alive and making progress), /readyz, and
+the live view's routes when it is on (outputs/live.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
 
-def make_app(registry, health: Probe, ready: Probe, credentials: tuple[str, str] | None = None):
+def make_app(
+    registry, health: Probe, ready: Probe, credentials: tuple[str, str] | None = None, live_app=None
+):
     metrics_app = make_wsgi_app(registry)
     expected = None
     if credentials is not None:
@@ -53,6 +56,8 @@ def make_app(registry, health: Probe, ready: Probe, credentials: tuple[str, str]
             return probe(health, start_response)
         if path == "/readyz":
             return probe(ready, start_response)
+        if live_app is not None and (path == "/live" or path.startswith("/live/")):
+            return live_app(environ, start_response)  # outputs/live.py
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found: try /metrics, /healthz or /readyz\n"]
 
@@ -74,7 +79,9 @@ def read_password(path) -> str:
 class HttpServer:
     """A threaded WSGI server on HOST:PORT in a daemon thread."""
 
-    def __init__(self, listen: str, registry, health: Probe, ready: Probe, security=None) -> None:
+    def __init__(
+        self, listen: str, registry, health: Probe, ready: Probe, security=None, live_app=None
+    ) -> None:
         host, _, port = listen.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         server_class = ThreadingWSGIServer
@@ -89,7 +96,7 @@ class HttpServer:
             credentials = (security.basic_auth_user, read_password(security.basic_auth_password_file))
         try:
             self.server = make_server(
-                host, int(port), make_app(registry, health, ready, credentials), server_class,
+                host, int(port), make_app(registry, health, ready, credentials, live_app), server_class,
                 handler_class=_QuietHandler,
             )  # fmt: skip
         except OSError as e:

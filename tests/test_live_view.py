@@ -1,0 +1,275 @@
+"""The live view (`metrics: {live_view: true}`): a real daemon fed camera frames, its /live page,
+.jpg and .mjpg over real HTTP, and the page in a real headless Chromium (Debian's `chromium`,
+installed by `make test`): boxes, a segmentation mask and a classifier's classes drawn where they
+belong, a stream that advances."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from inferd.client import FramePublisher
+from inferd.engine.pipeline import Frame
+from inferd.outputs import annotate
+from inferd.outputs.live import WATCH_S, LiveView
+from inferd.protocol import FrameHeader, PartSpec
+from tests.conftest import MODELS, ROOT
+from tests.daemon_harness import DaemonProcess
+from tests.test_frigate import ROWS, build_detector
+
+GREY = 128
+ORANGE, BLUE = annotate.COLOURS[1], annotate.COLOURS[0]  # classes 1 and 0 of ROWS
+# ROWS' boxes are in the 64x64 model input; a 640x480 frame stretched to it: x * 10, y * 7.5
+BOXES = {tuple(r[:4] * [10, 7.5, 10, 7.5]): annotate.COLOURS[int(r[5])] for r in ROWS if r[4] >= 0.3}
+
+
+def build_segmenter(path: Path) -> Path:
+    """[1,3,64,64] -> constant [1,3,16,16] logits: class 1 on the left half, class 2 in the
+    bottom-right quarter, class 0 (background) in the top-right quarter."""
+    logits = np.zeros((1, 3, 16, 16), np.float32)
+    logits[0, 0] = 1
+    logits[0, 1, :, :8] = 5
+    logits[0, 2, 8:, 8:] = 5
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+            helper.make_node("Mul", ["m", "zero"], ["z"]),
+            helper.make_node("Add", ["z", "logits"], ["y"]),
+        ],
+        "seg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [
+            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+            numpy_helper.from_array(logits, "logits"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+CONFIG = """
+models:
+  - name: detector
+    path: DET
+    preprocess: {resize: [64, 64], scale: 1/255}
+    postprocess: {type: detect, format: end2end, score_threshold: 0.3}
+  - name: segmenter
+    path: SEG
+    preprocess: {resize: [64, 64], scale: 1/255}
+    postprocess: {type: segment}
+  - name: classifier
+    path: "{models}/classifier_int8.onnx"
+    labels: "{models}/labels.txt"
+    preprocess: {resize: [64, 64], scale: 1/255}
+    postprocess: {type: classify, top_k: 3}
+endpoints:
+  - {type: pull, bind: "{pull}"}
+results:
+  bind: "{results}"
+metrics:
+  listen: "{metrics}"
+  live_view: true
+  live_fps: 10
+"""
+FEEDS = {"door": "detector", "yard": "segmenter", "cam": "classifier"}
+
+
+def frame(i: int) -> np.ndarray:
+    """Grey, with a white block that moves along the bottom edge (so a stream's pictures differ)."""
+    f = np.full((480, 640, 3), GREY, np.uint8)
+    x = (i * 16) % 560
+    f[466:474, x : x + 40] = 250
+    return f
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("live")
+    text = CONFIG.replace("DET", str(build_detector(tmp / "det.onnx")))
+    d = DaemonProcess(tmp, text.replace("SEG", str(build_segmenter(tmp / "seg.onnx"))))
+    stop = threading.Event()
+
+    def feed() -> None:
+        pubs = {source: FramePublisher(d.pull, source=source) for source in FEEDS}
+        i = 0
+        while not stop.is_set():
+            for source, model in FEEDS.items():
+                pubs[source].send(frame(i), model=model)
+            i += 1
+            time.sleep(0.05)
+        for pub in pubs.values():
+            pub.close()
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    d.base = f"http://127.0.0.1:{d.metrics_port}"
+    yield d
+    stop.set()
+    thread.join(5)
+    assert d.stop() == 0, d.logs()
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers["Content-Type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read()
+
+
+def near(pixel, colour, tol: int = 45) -> bool:
+    return all(abs(int(a) - int(b)) <= tol for a, b in zip(pixel[:3], colour, strict=True))
+
+
+def check_boxes(img: np.ndarray, at: tuple[int, int] = (0, 0)) -> None:
+    """Each box's outline has its class colour along all four sides; inside it is the frame."""
+    ox, oy = at
+    for (x1, y1, x2, y2), colour in BOXES.items():
+        x1, y1, x2, y2 = round(x1) + ox, round(y1) + oy, min(round(x2), 639) + ox, round(y2) + oy
+        xs = np.linspace(x1 + 20, x2 - 20, 10).round().astype(int)
+        ys = np.linspace(y1 + 20, y2 - 20, 10).round().astype(int)
+        sides = [img[y1 + 1, xs], img[y2 - 1, xs], img[ys, x1 + 1], img[ys, x2 - 1]]
+        for side in sides:
+            assert all(near(p, colour) for p in side), (colour, side[:3])
+        inside = img[(y1 + y2) // 2, (x1 + x2) // 2]
+        assert near(inside, (GREY, GREY, GREY), 12), inside
+
+
+def picture(d, model: str, source: str) -> np.ndarray:
+    status, kind, body = get(f"{d.base}/live/{model}/{source}.jpg")
+    assert status == 200 and kind == "image/jpeg", (status, body[:200])
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def test_a_jpg_is_the_frame_with_the_boxes_where_the_detections_are(live):
+    img = picture(live, "detector", "door")
+    assert img.shape == (480, 640, 3)  # the frame's own size
+    check_boxes(img)
+
+
+def test_a_mask_is_a_translucent_overlay_in_its_class_colours(live):
+    img = picture(live, "segmenter", "yard").astype(int)
+    blend = [round(GREY * (1 - annotate.MASK_ALPHA) + c * annotate.MASK_ALPHA) for c in annotate.COLOURS[1]]
+    assert near(img[240, 100], blend, 12), img[240, 100]  # class 1: left half
+    blend2 = [round(GREY * (1 - annotate.MASK_ALPHA) + c * annotate.MASK_ALPHA) for c in annotate.COLOURS[2]]
+    assert near(img[400, 500], blend2, 12), img[400, 500]  # class 2: bottom right
+    assert near(img[150, 500], (GREY, GREY, GREY), 12), img[150, 500]  # background: the frame
+
+
+def test_a_classifier_s_top_classes_are_written_on_the_frame(live):
+    img = picture(live, "classifier", "cam")
+    _, _, page = get(f"{live.base}/live")
+    text = page.decode()
+    row = text[text.index("<b>classifier</b>") :].split("</figcaption>")[0]
+    top = row.split(" · ")[-2].split(",")[0].rsplit(" ", 1)[0]  # "label score, ..." -> the first label
+    labels = (MODELS / "labels.txt").read_text().split()
+    colour = annotate.COLOURS[labels.index(top) % len(annotate.COLOURS)]
+    corner = img[:40, :160].reshape(-1, 3)  # the first line of text, on its class colour
+    assert sum(near(p, colour, 30) for p in corner) > 300, top
+
+
+def test_the_page_lists_every_model_and_source_with_its_last_result(live):
+    status, kind, body = get(f"{live.base}/live")
+    assert status == 200 and kind.startswith("text/html")
+    text = body.decode()
+    for source, model in FEEDS.items():
+        assert f'src="/live/{model}/{source}.jpg"' in text and f'href="/live/{model}/{source}.mjpg"' in text
+    assert "2 detection(s): 0 0.90, 1 0.60" in text and "areas: 0 25%, 1 50%, 2 25%" in text
+
+
+def test_the_mjpeg_stream_advances(live):
+    with urllib.request.urlopen(f"{live.base}/live/detector/door.mjpg", timeout=10) as r:
+        assert r.headers["Content-Type"] == "multipart/x-mixed-replace; boundary=inferd-live-frame"
+        buf, t0 = b"", time.monotonic()
+        while buf.count(b"--inferd-live-frame") < 5:
+            buf += r.read1(1 << 16)
+            assert time.monotonic() - t0 < 10
+    parts = [p.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0] for p in buf.split(b"--inferd-live-frame")[1:5]]
+    images = [np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in parts]
+    assert len({p for p in parts}) >= 3  # the block moved: new pictures, not one repeated
+    for img in images:
+        check_boxes(img)
+
+
+def test_unknown_pairs_and_tensor_frames_say_why(live):
+    status, _, body = get(f"{live.base}/live/detector/nobody.jpg")
+    assert status == 404 and b"no frame from this model/source" in body
+    status, _, body = get(f"{live.base}/live/nope")
+    assert status == 404
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("INFERD_CI"):  # make test installs it: missing there is a failure
+            pytest.fail("chromium is not installed")
+        pytest.skip("chromium is not installed (make test installs Debian's chromium)")
+    return path
+
+
+def test_a_browser_shows_the_boxes_where_they_belong(live, tmp_path):
+    shot = tmp_path / "live.png"
+    proc = subprocess.run(
+        [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--screenshot={shot}", "--window-size=1400,1200", "--virtual-time-budget=4000", f"{live.base}/live"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    # where the detector's picture landed on the page: its orange box's bottom-right corner (the
+    # box's label sits above it, so the top-left of the orange pixels is not the box's)
+    orange = np.argwhere(np.all(np.abs(img.astype(int) - ORANGE) < 30, axis=-1))
+    assert len(orange) > 500, "no orange box in the browser's screenshot"
+    box = next(b for b, c in BOXES.items() if c == ORANGE)
+    oy, ox = orange[:, 0].max() - round(box[3]), orange[:, 1].max() - round(box[2])
+    check_boxes(img, (int(ox), int(oy)))
+    if os.environ.get("INFERD_WRITE_DOCS"):  # docs/live-view.md's screenshot
+        Image.open(shot).save(ROOT / "docs" / "images" / "live-view.png", optimize=True)
+
+
+def test_nobody_looking_keeps_no_frame_and_a_viewer_gets_the_next_one(monkeypatch):
+    view = LiveView(fps=5)
+    spec = PartSpec((2, 2, 3), np.dtype(np.uint8))
+    pixels = np.full((2, 2, 3), 7, np.uint8)
+
+    def offer(seq: int) -> None:
+        f = Frame(
+            FrameHeader("cam", seq=seq, parts=[spec]), [pixels.tobytes()], time.monotonic(), time.time()
+        )
+        view.offer("m", f, {"classes": []})
+
+    offer(1)
+    assert view.snaps == {} and ("m", "cam") in view.last  # the listing only: no copy kept
+    threading.Timer(0.2, offer, args=(2,)).start()
+    snap = view.picture(("m", "cam"), wait=5)  # a viewer asks: the next frame is kept for it
+    assert snap is not None and snap.jpeg is not None and snap.pixels == pixels.tobytes()
+    later = time.monotonic() + WATCH_S + 1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    offer(3)  # nobody asked for WATCH_S: the kept frame is let go
+    assert view.snaps == {} and view.watched == {}
+
+
+def test_keypoints_are_dots_on_the_picture():
+    image = Image.new("RGB", (100, 100), (GREY,) * 3)
+    result = {"detections": [{"box": [10, 10, 90, 90], "score": 0.9, "class": 2, "label": "face",
+                              "keypoints": [[30, 40], [70, 40], [50, 70, 0.2]]}]}  # fmt: skip
+    img = np.asarray(annotate.annotate(image, result))
+    green = annotate.COLOURS[2]
+    assert near(img[40, 30], green, 5) and near(img[40, 70], green, 5)
+    assert near(img[70, 50], (GREY,) * 3, 5)  # a keypoint the model is unsure of is not drawn
