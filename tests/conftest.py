@@ -47,3 +47,29 @@ def bare_session(path, threads: int | None = None, **options):
         setattr(opts, key, value)
     opts.add_session_config_entry(*EXACT_INT8)
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def constant_model(path: Path, value: np.ndarray, name: str = "constant") -> Path:
+    """A real ONNX model [1,3,64,64] float -> `value` (0 * mean(input) + value): a detector or a
+    segmenter whose outputs the test knows, run by onnxruntime like any other."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+            helper.make_node("Mul", ["m", "zero"], ["z"]),
+            helper.make_node("Add", ["z", "value"], ["y"]),
+        ],
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(value.shape))],
+        [
+            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+            numpy_helper.from_array(value.astype(np.float32), "value"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path

@@ -5,11 +5,10 @@ import json
 import time
 
 import numpy as np
-import onnx
 import pytest
 import zmq
-from onnx import TensorProto, helper, numpy_helper
 
+from tests.conftest import constant_model
 from tests.daemon_harness import DaemonProcess
 
 # Frigate's request_timeout_ms, on both sides (the endpoint's timeout_ms drops a request still
@@ -24,24 +23,7 @@ ROWS = np.array([[8, 16, 24, 48, 0.6, 1], [32, 0, 64, 32, 0.9, 0], [0, 0, 4, 4, 
 
 def build_detector(path):
     """A real ONNX model whose end2end output is ROWS (0 * mean(input) + constant)."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
-            helper.make_node("Mul", ["m", "zero"], ["z"]),
-            helper.make_node("Add", ["z", "rows"], ["y"]),
-        ],
-        "det",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6])],
-        [
-            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
-            numpy_helper.from_array(ROWS[None], "rows"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return constant_model(path, ROWS[None], "det")
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from inferd.client import FramePublisher
@@ -26,7 +24,7 @@ from inferd.engine.pipeline import Frame
 from inferd.outputs import annotate
 from inferd.outputs.live import WATCH_S, LiveView
 from inferd.protocol import FrameHeader, PartSpec
-from tests.conftest import MODELS, ROOT
+from tests.conftest import MODELS, ROOT, constant_model
 from tests.daemon_harness import DaemonProcess
 from tests.test_frigate import ROWS, build_detector
 
@@ -43,24 +41,7 @@ def build_segmenter(path: Path) -> Path:
     logits[0, 0] = 1
     logits[0, 1, :, :8] = 5
     logits[0, 2, 8:, 8:] = 5
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
-            helper.make_node("Mul", ["m", "zero"], ["z"]),
-            helper.make_node("Add", ["z", "logits"], ["y"]),
-        ],
-        "seg",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 16, 16])],
-        [
-            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
-            numpy_helper.from_array(logits, "logits"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return constant_model(path, logits, "seg")
 
 
 CONFIG = """
