@@ -110,11 +110,16 @@ TEST_TOOLS := rtsp-server-perl:rtsp-server-perl ffmpeg:ffmpeg mosquitto:mosquitt
 	  else echo "note:$$missing not installed: the tests that need them skip"; fi; fi
 	@touch $@
 
+# A real Home Assistant (.venv-ha) for tests/integration/test_home_assistant.py: `make test` builds
+# it (about 3 min, 675 MB) and runs that test with the others.
+include ha.mk
+
 # The daemon's promises once more with every model in worker processes (INFERD_WORKERS decides
 # what `workers: auto` means; docs/architecture.md, "Worker processes").
 PROCESS_TESTS := tests/test_daemon.py tests/test_transport.py tests/test_batching.py tests/test_metrics.py \
 	tests/test_frigate.py tests/test_mqtt.py tests/test_security.py tests/test_service.py tests/test_live_view.py
-test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed $(OPENVINO)/.installed .test-tools-ok
+test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed $(OPENVINO)/.installed $(HA_VENV)/.installed \
+	.test-tools-ok
 	$(PY) -m pytest
 	INFERD_WORKERS=processes $(PY) -m pytest -q -p no:cacheprovider $(PROCESS_TESTS)
 

@@ -32,6 +32,7 @@ PERSON = "homeassistant/binary_sensor/inferd_board1/det_door_person/config"
 COUNT = "homeassistant/sensor/inferd_board1/det_door_count/config"
 SENSOR = "homeassistant/sensor/inferd_board1/cls_cam0/config"
 SYNC = "homeassistant/inferd_tests/sync"  # Listener.sync's marker: no entity's topic
+STATE_SYNC = "inferd/board1/tests/sync"  # the same among the state topics (inferd/board1/+/+)
 
 
 # every frame queued, none dropped (the sender waits instead): a test that counts messages
@@ -234,6 +235,73 @@ def test_entity_ids_cannot_collide_and_tell_their_model_and_label():
     discovery.models.add("gone")
     discovery.ha = discovery.ha.model_copy(update={"labels": ["car"]})
     assert [t for t in dets if discovery.stale(t)] == [t for t in dets if "binary_sensor" in t]
+
+
+def test_the_birth_topic_follows_the_discovery_prefix():
+    def discovery(**ha) -> Discovery:
+        cfg = MqttConfig.model_validate({"broker": "mqtt://127.0.0.1", "home_assistant": ha})
+        return Discovery(None, cfg, "inferd/board1/status")
+
+    assert discovery().birth_topic == "homeassistant/status"  # Home Assistant's default
+    assert discovery(discovery_prefix="ha").birth_topic == "ha/status"
+    assert discovery(birth_topic="hass/birth").birth_topic == "hass/birth"
+    with pytest.raises(ValueError, match="without MQTT wildcards"):
+        discovery(birth_topic="hass/#")
+
+
+def test_a_new_entitys_first_state_reaches_a_subscriber_that_comes_after_its_config(setup):
+    """Home Assistant subscribes to an entity's state topic ~100 ms after its config arrives; with
+    `change` and a still scene no second result comes for a minute (the heartbeat): the state the
+    config announced must still reach it (retained)."""
+    broker, tmp, _ = setup
+    configs = Listener(broker.port, "homeassistant/#")
+    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, publish="{mode: change, heartbeat_s: 3600}"))
+    try:
+        with FramePublisher(d.pull, source="cam0") as cam:
+            for i in range(3):  # a still scene: one result
+                cam.send(TENSOR, seq=i)
+            state_topic = json.loads(configs.wait(lambda m: m[0] == SENSOR)[0][1])["state_topic"]
+            late = Listener(broker.port, state_topic)  # subscribes after seeing the config, as HA does
+            (first,) = late.wait(lambda m: True, timeout=10)
+        with InferClient(d.router, timeout=30) as client:
+            label = client.infer(TENSOR, model="cls").classes[0]["label"]
+        assert first[2] and json.loads(first[1])["classes"][0]["label"] == label  # retained
+        late.close()
+    finally:
+        assert d.stop() == 0
+        configs.close()
+
+
+def test_home_assistants_birth_message_announces_configs_and_latest_states_again(setup):
+    """A Home Assistant that restarts starts every MQTT entity `unknown`; once it has subscribed it
+    says `online` on homeassistant/status (its birth message), and inferd answers with every
+    entity's config, then every entity's latest state, though nothing changed (a still scene)."""
+    broker, tmp, detector = setup
+    d = DaemonProcess(tmp, daemon_config(broker.port, tmp, detector, "{mode: change, heartbeat_s: 3600}"))
+    ha = Listener(broker.port, "homeassistant/+/inferd_board1/+/config", "inferd/board1/+/+", SYNC)
+    try:
+        with FramePublisher(d.pull, source="cam0") as cam, FramePublisher(d.pull, source="door") as door:
+            for i in range(3):
+                cam.send(TENSOR, seq=i)
+                door.send(ZEROS, seq=i)
+            for topic in (SENSOR, COUNT, PERSON, "inferd/board1/cls/cam0", "inferd/board1/det/door"):
+                ha.wait(lambda m, topic=topic: m[0] == topic)
+        latest = {t: p for t, p, _ in ha.messages if t.startswith("inferd/")}
+        ha.client.publish("homeassistant/status", "offline", qos=1)  # Home Assistant's Last Will
+        ha.sync(SYNC)
+        before = len(ha.messages)
+        ha.client.publish("homeassistant/status", "online", qos=1)  # its birth message (not retained)
+        wait_for(lambda: len(ha.messages) >= before + 5, "three configs and two states again", 10)
+        ha.sync(SYNC)
+        again = ha.messages[before:]
+        assert sorted(t for t, _, _ in again) == sorted([SENSOR, COUNT, PERSON, *latest]), again  # once each
+        assert {t: p for t, p, _ in again if t in latest} == latest  # the latest state, as it was
+        assert [t.startswith("homeassistant/") for t, _, _ in again] == [True] * 3 + [
+            False
+        ] * 2  # configs first
+    finally:
+        assert d.stop() == 0
+        ha.close()
 
 
 def test_publish_policies_change_and_rate(setup):
@@ -474,6 +542,10 @@ def test_reload_moves_publishing_removes_entities_and_refuses_a_broken_section(s
         late.sync(SYNC)  # every retained config has arrived
         assert {m[0] for m in late.messages} == {SENSOR}
         late.close()
+        states = Listener(broker.port, "inferd/board1/+/+")  # the retained states: the detector's emptied
+        states.sync(STATE_SYNC)
+        assert [m[0] for m in states.messages] == ["inferd/board1/cls/cam0"]
+        states.close()
         assert d.logs().count("loaded model") == loaded, "the classifier was not loaded again"
 
         # 2. another broker and topic prefix: publishing moves, the models stay
@@ -536,13 +608,12 @@ def test_entities_of_a_model_removed_while_stopped_are_deleted_at_the_next_start
     # subscribed before the daemon starts: a deletion (an empty retained message) published before
     # a subscription is never delivered to it (this listener came after the daemon, and missed it,
     # on a loaded machine)
-    late = Listener(broker.port, "homeassistant/#")
+    late = Listener(broker.port, "homeassistant/#", "inferd/board1/+/+")
     d = DaemonProcess(tmp, daemon_config(broker.port, tmp))  # the detector is gone
     try:
+        gone = (PERSON, COUNT, "inferd/board1/det/door")  # its configs and its retained state
         wait_for(
-            lambda: (
-                {m[0] for m in late.messages if m[1] == "" and m[0] in (PERSON, COUNT)} == {PERSON, COUNT}
-            ),
+            lambda: {m[0] for m in late.messages if m[1] == "" and m[0] in gone} == set(gone),
             "the detector's entities deleted",
         )
         late.close()
@@ -550,5 +621,9 @@ def test_entities_of_a_model_removed_while_stopped_are_deleted_at_the_next_start
         again.sync(SYNC)  # every retained config has arrived
         assert {m[0] for m in again.messages} == {SENSOR}  # the classifier's stays: it is configured
         again.close()
+        states = Listener(broker.port, "inferd/board1/+/+")
+        states.sync(STATE_SYNC)
+        assert [m[0] for m in states.messages] == ["inferd/board1/cls/cam0"]
+        states.close()
     finally:
         assert d.stop() == 0

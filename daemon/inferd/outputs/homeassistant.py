@@ -52,7 +52,7 @@ class Discovery:
         self.ha = cfg.home_assistant
         self.models = set(models or ())  # the configured models: others' entities are stale
         self.announced: dict[str, dict[str, str]] = {}  # model -> {config topic: payload}
-        self._seen: set[tuple[str, str]] = set()  # (model, source) announced: one lookup per result
+        self._seen: dict[tuple[str, str], bool] = {}  # (model, source) announced -> has entities
         self.states: dict[tuple[str, str], tuple[str, str]] = {}  # (model, source) -> topic, latest
         self._lock = threading.Lock()
         self._swept = False
@@ -112,18 +112,23 @@ class Discovery:
                 out[f"{prefix}/binary_sensor/{node}/{_id(model)}_{_id(source)}_{_id(label)}/config"] = sensor
         return out
 
-    def seen(self, model: str, source: str, result: dict, topic: str, text: str) -> None:
+    def seen(self, model: str, source: str, result: dict, topic: str, text: str) -> bool:
         """The sink's thread, before it publishes `text` on `topic`: announce a model/source's
-        entities the first time it has a result; `text` is their latest state."""
+        entities the first time it has a result. True: `text` is their state (kept as the latest;
+        the sink retains it); segment and raw results have no entity."""
         key = (model, source)
-        if key not in self._seen:
+        stateful = self._seen.get(key)
+        if stateful is None:
             with self._lock:
-                self._seen.add(key)
-                for config, payload in self.entities(model, source, result).items():
+                entities = self.entities(model, source, result)
+                self._seen[key] = stateful = bool(entities)
+                for config, payload in entities.items():
                     encoded = json.dumps(payload, separators=(",", ":"))
                     self.announced.setdefault(model, {})[config] = encoded
                     self.client.publish(config, encoded, qos=1, retain=True)
-        self.states[key] = (topic, text)
+        if stateful:
+            self.states[key] = (topic, text)
+        return stateful
 
     def _announce(self) -> None:
         """Every config announced so far, again (the lock held)."""
@@ -138,11 +143,11 @@ class Discovery:
         broker that lost them, one that does not keep them); it is what Home Assistant asks."""
         with self._lock:
             self._announce()
+            configs = sum(map(len, self.announced.values()))
             states = list(self.states.values())  # one C call: the sink may add a source meanwhile
         for topic, text in states:
             self.client.publish(topic, text, qos=self.cfg.qos, retain=True)
-        log.info("Home Assistant is online: %d entity configs and %d states announced again",
-                 sum(map(len, self.announced.values())), len(states))  # fmt: skip
+        log.info("Home Assistant is online: %d configs and %d states announced again", configs, len(states))
 
     def connected(self) -> None:
         """Announce again after a (re)connection: the broker may have lost retained messages. On
@@ -191,7 +196,7 @@ class Discovery:
         """Entities of models a reload removed: an empty retained config deletes them in HA, an
         empty retained state leaves nothing of them in the broker."""
         with self._lock:
-            self._seen = {key for key in self._seen if key[0] not in models}
+            self._seen = {key: has for key, has in self._seen.items() if key[0] not in models}
             for model in models:
                 for topic in self.announced.pop(model, {}):
                     self.client.publish(topic, "", qos=1, retain=True)

@@ -8,6 +8,11 @@ backoff) and publishes availability (`online`, retained; the Last Will says `off
 (homeassistant.py) on the way. A slow or absent broker costs inference nothing but dropped
 messages.
 
+With Home Assistant discovery, a result that is an entity's state is published retained (a
+subscriber that comes after the discovery config, or a Home Assistant that restarts, gets the
+latest at once), and Home Assistant's birth message makes the drain thread announce every config
+and latest state again.
+
 The first result into an empty outbox wakes the drain thread, which waits BATCH_S and publishes
 the batch: a wake-up (GIL hand-over) per result made MQTT 29 % of the daemon's GIL time at full
 speed, 17 % now (docs/performance.md). The price: up to BATCH_S more latency to the broker.
@@ -77,6 +82,7 @@ class MqttSink:
         self.connected = False
         self.last_error: str | None = None  # why the broker is not connected (None once it is)
         self.discovery = None
+        self._born = False  # Home Assistant said `online`: the drain thread announces it all again
         self.status_topic = f"{cfg.topic_prefix}/{cfg.device_id}/status"
         self._thread: threading.Thread | None = None
         self.client = self._client()
@@ -175,7 +181,17 @@ class MqttSink:
         client.publish(self.status_topic, "online", qos=1, retain=True)
         if self.discovery is not None:
             self.discovery.connected()
+            birth = self.discovery.birth_topic  # clean session: subscribed again at each connection
+            client.message_callback_add(birth, self._on_birth)
+            client.subscribe(birth, qos=1)
         self._wake.set()
+
+    def _on_birth(self, _client, _userdata, msg) -> None:
+        """paho's thread: Home Assistant's birth (or Last Will) message. The drain thread answers
+        `online`, so no result of an entity goes out between its config and its latest state."""
+        if msg.payload == b"online":
+            self._born = True
+            self._wake.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _props) -> None:
         if self.connected and not self._stop.is_set():  # not our own disconnect() in stop()
@@ -207,19 +223,23 @@ class MqttSink:
     def _drain(self) -> None:
         outbox, publish, qos = self.outbox, self.client.publish, self.cfg.qos
         while not self._stop.is_set():
+            if self._born and self.connected and self.discovery is not None:
+                self._born = False
+                self.discovery.born()
             if not outbox or not self.connected:
                 self._wake.wait(0.5)
                 self._wake.clear()  # then look again: nothing offered meanwhile is missed
                 continue
             self._stop.wait(BATCH_S)  # let results gather: one wake-up per batch
             sent = dropped = 0
+            discovery = self.discovery
             for _ in range(len(outbox)):  # this batch: new results wait for the next one
                 if not self.connected:
                     break
                 topic, payload, model, source, result = outbox.popleft()
-                if self.discovery is not None:
-                    self.discovery.seen(model, source, result)
-                if publish(topic, _encode(payload), qos=qos).rc == 0:
+                text = _encode(payload)  # an entity's state is retained (homeassistant.py)
+                retain = discovery is not None and discovery.seen(model, source, result, topic, text)
+                if publish(topic, text, qos=qos, retain=retain).rc == 0:
                     sent += 1
                 else:
                     dropped += 1  # paho's own queue is full (QoS 1 waiting for acknowledgements)
