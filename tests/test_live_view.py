@@ -20,12 +20,16 @@ import pytest
 from PIL import Image
 
 from inferd.client import FramePublisher
+from inferd.config import parse_config
+from inferd.engine.models import load_model
 from inferd.engine.pipeline import Frame
 from inferd.outputs import annotate
 from inferd.outputs.live import WATCH_S, LiveView
 from inferd.protocol import FrameHeader, PartSpec
+from tests.backends.test_pretrained import packaged
 from tests.conftest import MODELS, ROOT, constant_model
 from tests.daemon_harness import DaemonProcess
+from tests.postprocess.test_anchors import blazeface_entry
 from tests.test_frigate import ROWS, build_detector
 
 GREY = 128
@@ -59,6 +63,7 @@ models:
     labels: "{models}/labels.txt"
     preprocess: {resize: [64, 64], scale: 1/255}
     postprocess: {type: classify, top_k: 3}
+FACE
 endpoints:
   - {type: pull, bind: "{pull}"}
 results:
@@ -68,7 +73,12 @@ metrics:
   live_view: true
   live_fps: 10
 """
-FEEDS = {"door": "detector", "yard": "segmenter", "cam": "classifier"}
+FEEDS = {"door": "detector", "yard": "segmenter", "cam": "classifier", "portrait": "face"}
+
+
+def portrait() -> np.ndarray:
+    """A real photograph (matplotlib's Grace Hopper) for a real face model (MediaPipe's BlazeFace)."""
+    return np.asarray(Image.open(packaged("matplotlib", "grace_hopper.jpg")).convert("RGB"))
 
 
 def frame(i: int) -> np.ndarray:
@@ -82,16 +92,16 @@ def frame(i: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("live")
-    text = CONFIG.replace("DET", str(build_detector(tmp / "det.onnx")))
+    text = CONFIG.replace("DET", str(build_detector(tmp / "det.onnx"))).replace("FACE", blazeface_entry())
     d = DaemonProcess(tmp, text.replace("SEG", str(build_segmenter(tmp / "seg.onnx"))))
     stop = threading.Event()
 
     def feed() -> None:
         pubs = {source: FramePublisher(d.pull, source=source) for source in FEEDS}
-        i = 0
+        photo, i = portrait(), 0
         while not stop.is_set():
             for source, model in FEEDS.items():
-                pubs[source].send(frame(i), model=model)
+                pubs[source].send(photo if source == "portrait" else frame(i), model=model)
             i += 1
             time.sleep(0.05)
         for pub in pubs.values():
@@ -204,24 +214,51 @@ def chromium() -> str:
     return path
 
 
-def test_a_browser_shows_the_boxes_where_they_belong(live, tmp_path):
-    shot = tmp_path / "live.png"
+def screenshot(url: str, path: Path, size: str = "900,900") -> np.ndarray:
     proc = subprocess.run(
         [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--screenshot={shot}", "--window-size=1400,1200", "--virtual-time-budget=4000", f"{live.base}/live"],
+         f"--screenshot={path}", f"--window-size={size}", "--virtual-time-budget=4000", url],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
-    img = np.asarray(Image.open(shot).convert("RGB"))
-    # where the detector's picture landed on the page: its orange box's bottom-right corner (the
-    # box's label sits above it, so the top-left of the orange pixels is not the box's)
-    orange = np.argwhere(np.all(np.abs(img.astype(int) - ORANGE) < 30, axis=-1))
-    assert len(orange) > 500, "no orange box in the browser's screenshot"
-    box = next(b for b, c in BOXES.items() if c == ORANGE)
-    oy, ox = orange[:, 0].max() - round(box[3]), orange[:, 1].max() - round(box[2])
-    check_boxes(img, (int(ox), int(oy)))
-    if os.environ.get("INFERD_WRITE_DOCS"):  # docs/live-view.md's screenshot
-        Image.open(shot).save(ROOT / "docs" / "images" / "live-view.png", optimize=True)
+    assert proc.returncode == 0 and path.exists(), proc.stderr[-2000:]
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def locate(img: np.ndarray, shape: tuple) -> tuple[int, int]:
+    """Where the one picture of a `?only=` page landed: the rows and columns mostly unlike the
+    page's background (#222)."""
+    busy = np.any(np.abs(img.astype(int) - (34, 34, 34)) > 12, axis=-1)
+    rows = np.flatnonzero(busy.sum(1) > shape[1] * 0.8)
+    cols = np.flatnonzero(busy.sum(0) > shape[0] * 0.8)
+    assert len(rows) == shape[0] and len(cols) == shape[1], (rows, cols)  # the picture, whole
+    return int(cols.min()), int(rows.min())
+
+
+def test_a_browser_shows_the_boxes_where_they_belong(live, tmp_path):
+    img = screenshot(f"{live.base}/live?only=detector/door", tmp_path / "door.png")
+    check_boxes(img, locate(img, (480, 640)))
+    if os.environ.get("INFERD_WRITE_DOCS"):  # docs/live-view.md's screenshot: the whole page
+        screenshot(f"{live.base}/live", ROOT / "docs" / "images" / "live-view.png", "1400,1700")
+
+
+def test_a_browser_shows_a_real_face_model_s_keypoints_on_the_photograph(live, tmp_path):
+    """MediaPipe's BlazeFace on a real portrait: its box and six keypoints, as the model finds
+    them in this process, are where the browser shows the dots."""
+    cfg = parse_config("models:" + blazeface_entry()).models[0]
+    model = load_model(cfg, tmp_path)
+    photo = portrait()
+    (face,) = model.predict([photo], "portrait")[1]["detections"]
+    model.close()
+    img = screenshot(f"{live.base}/live?only=face/portrait", tmp_path / "face.png").astype(int)
+    ox, oy = locate(img, photo.shape)
+    blue = annotate.COLOURS[0]
+    kps = np.asarray(face["keypoints"]).reshape(-1, 2)
+    assert len(kps) == 6
+    for x, y in kps:  # a dot in the class colour: nearer blue than the photograph there (JPEG blurs it)
+        shown, under = img[oy + round(y), ox + round(x)], photo[round(y), round(x)].astype(int)
+        assert np.abs(shown - blue).sum() < min(90, np.abs(under - blue).sum() - 60), (x, y, shown, under)
+    x1, y1, _, y2 = face["box"]
+    assert near(img[oy + round((y1 + y2) / 2), ox + round(x1) + 1], blue, 45)  # the box's left side
 
 
 def test_nobody_looking_keeps_no_frame_and_a_viewer_gets_the_next_one(monkeypatch):
@@ -249,8 +286,12 @@ def test_nobody_looking_keeps_no_frame_and_a_viewer_gets_the_next_one(monkeypatc
 def test_keypoints_are_dots_on_the_picture():
     image = Image.new("RGB", (100, 100), (GREY,) * 3)
     result = {"detections": [{"box": [10, 10, 90, 90], "score": 0.9, "class": 2, "label": "face",
-                              "keypoints": [[30, 40], [70, 40], [50, 70, 0.2]]}]}  # fmt: skip
+                              "keypoints": [30, 40, 70, 40]}]}  # fmt: skip
     img = np.asarray(annotate.annotate(image, result))
     green = annotate.COLOURS[2]
-    assert near(img[40, 30], green, 5) and near(img[40, 70], green, 5)
+    assert near(img[40, 30], green, 5) and near(img[40, 70], green, 5)  # inferd's flat x, y pairs
+    image = Image.new("RGB", (100, 100), (GREY,) * 3)
+    result["detections"][0]["keypoints"] = [[30, 40, 0.9], [50, 70, 0.2]]  # rows with a score
+    img = np.asarray(annotate.annotate(image, result))
+    assert near(img[40, 30], green, 5)
     assert near(img[70, 50], (GREY,) * 3, 5)  # a keypoint the model is unsure of is not drawn

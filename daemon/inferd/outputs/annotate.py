@@ -66,9 +66,12 @@ def annotate(image, result: dict | None, mask_png: bytes | None = None):
         if det.get("track_id") is not None:
             text = f"#{det['track_id']} {text}"
         _label(draw, (x1, y1), text, colour)
-        for point in det.get("keypoints") or ():
-            if len(point) > 2 and point[2] is not None and float(point[2]) < 0.5:
-                continue  # a keypoint the model is not sure of
+        points = np.asarray(det.get("keypoints") or [], np.float64)
+        if points.ndim == 1:  # inferd's form: x, y pairs in one list (BlazeFace: 12 numbers)
+            points = points[: points.size // 2 * 2].reshape(-1, 2)
+        for point in points:
+            if len(point) > 2 and point[2] < 0.5:
+                continue  # [x, y, score] rows: a keypoint the model is unsure of
             px, py = float(point[0]), float(point[1])
             r = width + 1
             draw.ellipse([px - r, py - r, px + r, py + r], fill=colour, outline=(255, 255, 255))

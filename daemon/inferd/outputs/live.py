@@ -158,9 +158,12 @@ def summary(result: dict | None) -> str:
 def app(live: LiveView):
     """The WSGI app of /live, /live/<model>/<source>.jpg and .mjpg (mounted by service/health.py)."""
 
-    def page(start_response):
+    def page(environ, start_response):
+        only = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("only")  # MODEL/SOURCE
         rows = []
         for model, source, when, result in live.pairs():
+            if only and f"{model}/{source}" not in only:
+                continue
             base = f"/live/{urllib.parse.quote(model, safe='')}/{urllib.parse.quote(source, safe='')}"
             name = f"{html.escape(model)} / {html.escape(source)}"
             rows.append(
@@ -211,7 +214,7 @@ def app(live: LiveView):
     def serve(environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path in ("/live", "/live/"):
-            return page(start_response)
+            return page(environ, start_response)
         with contextlib.suppress(UnicodeError):  # the server unquoted it as latin-1 (PEP 3333)
             path = path.encode("latin-1").decode("utf-8")
         parts = path.split("/", 3)  # a source name may hold "/" (sent as %2F)
