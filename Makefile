@@ -127,7 +127,8 @@ include ha.mk
 # The daemon's promises once more with every model in worker processes (INFERD_WORKERS decides
 # what `workers: auto` means; docs/architecture.md, "Worker processes").
 PROCESS_TESTS := tests/test_daemon.py tests/test_transport.py tests/test_batching.py tests/test_metrics.py \
-	tests/test_frigate.py tests/test_mqtt.py tests/test_security.py tests/test_service.py tests/test_live_view.py
+	tests/test_frigate.py tests/test_mqtt.py tests/test_security.py tests/test_service.py tests/test_live_view.py \
+	tests/test_zones.py
 test: $(VENV)/.installed $(VENV)/.installed-export $(LEGACY)/.installed $(OPENVINO)/.installed $(HA_VENV)/.installed \
 	$(REFERENCE)/.installed .test-tools-ok
 	$(PY) -m pytest

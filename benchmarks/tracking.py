@@ -6,7 +6,9 @@ Per-frame cost: N objects (10, 30, 100) of 3 classes moving at up to 150 px/s in
 bouncing off its edges, crossing each other; 2 px of jitter, 5 % missed, scores 0.3-0.95 (a third
 of them low), 1 false positive a frame; 30 fps; 100 frames to warm up, then 1000 timed one by one,
 the best of 3 runs (the machine is shared: other load only adds time). The CPU time per frame
-(time.thread_time) is the cost; the wall time adds whatever else the cores were doing.
+(time.thread_time) is the cost; the wall time adds whatever else the cores were doing. Then the
+same with zones (engine/zones.py): 4 polygons and 2 lines over the frame, every object in one or
+two of them, events firing as they move.
 
     .venv/bin/python -m benchmarks.tracking [--frames 1000]
 """
@@ -22,9 +24,20 @@ from benchmarks.common import percentiles, save
 from inferd.engine import tracking
 from inferd.engine.tracking import TrackConfig, Tracker
 from inferd.engine.tracking_solver import assign, greedy, hungarian
+from inferd.engine.zones import ZoneConfig
 from tests import scenes
 
 SIZE = np.array([1920.0, 1080.0])
+ZONES = [  # normalized: four quadrant-ish polygons (one a concave L) and two lines across
+    ZoneConfig(name="a", source="s", polygon=[[0, 0], [0.55, 0], [0.55, 0.55], [0, 0.55]]),
+    ZoneConfig(name="b", source="s", polygon=[[0.45, 0], [1, 0], [1, 0.5], [0.45, 0.5]], dwell_s=2),
+    ZoneConfig(
+        name="c", source="s", polygon=[[0, 0.5], [0.5, 0.5], [0.5, 0.7], [0.3, 0.7], [0.3, 1], [0, 1]]
+    ),
+    ZoneConfig(name="d", source="s", polygon=[[0.5, 0.5], [1, 0.5], [1, 1], [0.5, 1]], labels=["car"]),
+    ZoneConfig(name="v", source="s", line=[[0.5, 0], [0.5, 1]]),
+    ZoneConfig(name="h", source="s", line=[[0.1, 0.5], [0.9, 0.5]]),
+]
 
 
 def frames(n: int, count: int, seed: int = 0) -> list[tuple]:
@@ -44,24 +57,26 @@ def frames(n: int, count: int, seed: int = 0) -> list[tuple]:
     return out
 
 
-def per_frame(n: int, count: int, runs: int = 3) -> dict:
+def per_frame(n: int, count: int, runs: int = 3, zones: list[ZoneConfig] | None = None) -> dict:
     """Wall time per frame (percentiles) and CPU time per frame (this thread's: what a shared
     machine's other load does not add), the best of `runs` runs."""
-    data, best, cpu = frames(n, count + 100), None, []
+    data, best, cpu, size = frames(n, count + 100), None, [], (int(SIZE[0]), int(SIZE[1]))
+    events = 0
     for _ in range(runs):
-        tracker, lat = Tracker(TrackConfig()), []
+        tracker, lat, events = Tracker(TrackConfig(), ["person", "car", "dog"], zones), [], 0
         for t, b, s, c in data[:100]:
-            tracker.update(b, s, c, t)
+            tracker.update(b, s, c, t, size)
         c0 = time.thread_time()
         for t, b, s, c in data[100:]:
             t0 = time.perf_counter()
-            tracker.update(b, s, c, t)
+            events += len(tracker.update(b, s, c, t, size).events)
             lat.append(time.perf_counter() - t0)
         cpu.append((time.thread_time() - c0) / count)
         if best is None or np.mean(lat) < np.mean(best):
             best = lat
     return {"objects": n, "cpu_ms": round(min(cpu) * 1000, 4), "mean_ms": round(float(np.mean(best)) * 1000, 4),
-            **percentiles(best), "live_tracks": len(tracker), "runs": runs}  # fmt: skip
+            **percentiles(best), "live_tracks": len(tracker), "runs": runs, "zones": len(zones or ()),
+            "events_per_frame": round(events / count, 2)}  # fmt: skip
 
 
 def solver_cost(repeat: int = 200) -> dict:
@@ -135,9 +150,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=1000)
     args = parser.parse_args()
-    cost = [per_frame(n, args.frames) for n in (10, 30, 100)]
+    cost = [per_frame(n, args.frames, zones=z) for n in (10, 30, 100) for z in (None, ZONES)]
     for row in cost:
-        print(f"{row['objects']:4d} objects: {row['cpu_ms']:.3f} ms CPU a frame; wall {row['mean_ms']:.3f} ms "
+        what = f"+ {row['zones']} zones ({row['events_per_frame']} events a frame)" if row["zones"] else ""
+        print(f"{row['objects']:4d} objects {what}: {row['cpu_ms']:.3f} ms CPU a frame; wall {row['mean_ms']:.3f} ms "
               f"(p50 {row['p50_ms']:.3f}, p99 {row['p99_ms']:.3f})")  # fmt: skip
     solver = solver_cost()
     for k, v in solver.items():

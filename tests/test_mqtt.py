@@ -187,9 +187,11 @@ def check_discovery_schema(entity: dict, component: str) -> None:
     if component == "binary_sensor":
         assert (entity.get("payload_on", "ON"), entity.get("payload_off", "OFF")) == ("ON", "OFF")
         assert entity.get("device_class") in (None, "occupancy", "motion", "presence")
+    elif component == "event":  # event.mqtt: its types, and a template that gives one of them
+        assert entity["event_types"] and "event_type" in entity["value_template"]
     else:
         assert "off_delay" not in entity and "payload_on" not in entity
-        assert entity.get("state_class") in (None, "measurement")
+        assert entity.get("state_class") in (None, "measurement", "total_increasing")
     assert all(isinstance(entity[k], str) and "{{" in entity[k] for k in entity if k.endswith("_template"))
 
 

@@ -175,9 +175,11 @@ def test_annotate_sets_track_ids_on_decoded_detections():
     for k in range(4):
         dets = [{"box": box(100 + k, 100), "score": 0.9, "class": 1, "label": "car"},
                 {"box": box(400, 100), "score": 0.2, "class": 0, "label": "person"}]  # fmt: skip
-        assert tracker.annotate(dets, k / 30) == []
+        assert tracker.annotate(dets, k / 30).ended == []
     assert [d["track_id"] for d in dets] == [1, None]
-    assert tracker.annotate([], 10.0)[0].label == "car"
+    assert dets[0]["track_age_s"] == 0.1 and dets[0]["velocity"][0] > 0  # 3 frames of 1/30 s, moving right
+    assert "track_age_s" not in dets[1]
+    assert tracker.annotate([], 10.0).ended[0].label == "car"
 
 
 def test_empty_frames_empty_trackers_and_broken_boxes():
@@ -290,7 +292,7 @@ def mm():
     try:
         import motmetrics
     except ImportError:
-        missing("motmetrics is not installed (the test extra)")
+        missing("motmetrics is not installed (the score extra)")
     return motmetrics
 
 

@@ -77,6 +77,11 @@ class Result:
         return self.status == "ok"
 
     @property
+    def event(self) -> dict | None:
+        """A zone event (published on events/MODEL/SOURCE; docs/zones.md), else None."""
+        return self.header if self.topic is not None and self.topic.startswith("events/") else None
+
+    @property
     def reason(self) -> str | None:
         return (self.header.get("error") or {}).get("reason")
 
@@ -393,7 +398,8 @@ class FramePublisher:
 
 
 class ResultSubscriber:
-    """Reads results from inferd's `results` PUB socket; topics are "<model>/<source>" prefixes.
+    """Reads results from inferd's `results` PUB socket; topics are "<model>/<source>" prefixes,
+    and "events/<model>/<source>" ones for zone events (their `Result.event` is the event).
 
     ZeroMQ drops what a publisher sends before a new subscription reaches it (the "slow
     joiner"), so the constructor waits, up to `wait` seconds, until inferd confirms the

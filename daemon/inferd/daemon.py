@@ -38,6 +38,16 @@ def raw_models(config: Config) -> set[str]:
     return {m.name for m in config.models if m.postprocess.type == "raw"}
 
 
+def zone_layout(config: Config) -> dict[tuple[str, str], dict[str, dict]]:
+    """(model, source) -> the summary of its zones before any object (as results give it)."""
+    out: dict[tuple[str, str], dict[str, dict]] = {}
+    for m in config.models:
+        for z in getattr(m.postprocess, "zones", ()):
+            empty = {"count": 0, "track_ids": []} if z.polygon is not None else {"in": 0, "out": 0}
+            out.setdefault((m.name, z.source), {})[z.name] = empty
+    return out
+
+
 class Daemon:
     def __init__(
         self,
@@ -227,7 +237,9 @@ class Daemon:
         sink = MqttSink(config.mqtt, self.metrics, raw_models(config))
         if config.mqtt.home_assistant is not None:
             models = {m.name for m in config.models}
-            sink.discovery = Discovery(sink.client, config.mqtt, sink.status_topic, models)
+            sink.discovery = Discovery(
+                sink.client, config.mqtt, sink.status_topic, models, zone_layout(config)
+            )
         return sink
 
     def start_auth(self) -> None:
@@ -356,22 +368,25 @@ class Daemon:
         for name in retired:
             if name not in queues:
                 self.metrics.forget_model(name)
+            else:
+                self.metrics.forget_tracks(name)
         for name in self.failed:
             self.metrics.model_loaded.labels(name).set(0)
         if added:
             log.info("new endpoints: %s", ", ".join(added))
-        self._reload_mqtt(old_config, config, set(retired) - set(queues), sink)
+        self._reload_mqtt(old_config, config, set(retired) - set(queues), sink, set(retired) & set(queues))
         self._retire(retired, old_workers, old_models, old_pools)
 
-    def _reload_mqtt(self, old: Config, new: Config, removed: set[str], fresh) -> None:
-        """Entities of removed models leave Home Assistant; a changed `mqtt:` section reconnects
+    def _reload_mqtt(self, old: Config, new: Config, removed: set[str], fresh, replaced: set[str]) -> None:
+        """Entities of removed models leave Home Assistant, replaced ones are announced again (their
+        zones may have changed) at their next result; a changed `mqtt:` section reconnects
         (models and sockets untouched): the old connection says `offline` and closes before the
         new one connects (same client id: the broker would otherwise cut one of them off)."""
         sink = self.replies.sink
         if sink is not None:
             if sink.discovery is not None:
                 sink.discovery.remove(removed)
-                sink.discovery.models = {m.name for m in new.models}
+                sink.discovery.configure({m.name for m in new.models}, zone_layout(new), replaced)
             sink.raw_models = raw_models(new)
         if old.mqtt == new.mqtt:
             return

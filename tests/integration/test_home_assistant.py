@@ -1,6 +1,7 @@
 """inferd's entities in a real Home Assistant (2024.3.3, from .venv-ha: `make ha-venv`) through a real
 Mosquitto, read back through Home Assistant's REST API: a new still source's first state, every state
-after a Home Assistant restart, `unavailable` after inferd dies, and the entity ids docs/mqtt.md names.
+after a Home Assistant restart, `unavailable` after inferd dies, and the entity ids docs/mqtt.md names;
+then a tracked object walking through a zone and over a line: occupancy, counts and zone events.
 `make test-ha` runs it (about 30 s, most of it Home Assistant starting three times); it prints the
 measured delays."""
 
@@ -172,10 +173,14 @@ class HomeAssistant:
         return all(states.get(entity) == state for entity, state in expected.items())
 
     def state(self, entity_id: str) -> str | None:
+        return (self.entity(entity_id) or {}).get("state")
+
+    def entity(self, entity_id: str) -> dict | None:
+        """The entity's state object (state, attributes), None while it is not an entity."""
         try:
-            return self._call(f"/api/states/{entity_id}")["state"]
+            return self._call(f"/api/states/{entity_id}")
         except urllib.error.HTTPError as e:
-            if e.code == 404:  # not (yet) an entity
+            if e.code == 404:
                 return None
             raise
 
@@ -202,11 +207,14 @@ def documented_ids(device: str, entities: list[tuple[str, str, str]]) -> set[str
         return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
     out = set()
-    for kind, model, source, *label in entities:
-        names = {"DEVICE": device, "MODEL": model, "SOURCE": source, "LABEL": label[0] if label else ""}
+    for kind, model, source, *label in entities:  # label: a label, or a zone's name
+        part = label[0] if label else ""
+        names = {"DEVICE": device, "MODEL": model, "SOURCE": source, "LABEL": part, "ZONE": part}
         out.add(
             re.sub(
-                r"DEVICE|MODEL|SOURCE|LABEL", lambda m, names=names: slug(names[m.group()]), patterns[kind]
+                r"DEVICE|MODEL|SOURCE|LABEL|ZONE",
+                lambda m, names=names: slug(names[m.group()]),
+                patterns[kind],
             )
         )
     return out
@@ -310,4 +318,75 @@ def test_home_assistant_shows_the_current_state(tmp_path):
             d.stop()
         ha.stop()
         status.close()
+        broker.kill()
+
+
+@pytest.mark.timeout(600)
+def test_home_assistant_shows_zones_and_their_events(tmp_path):
+    """The walk of tests/test_zones.py streamed at a real Home Assistant: the occupancy sensor and
+    count follow the object into the zone and out, the line's out counter counts its crossing, and
+    the event entity fires enter, dwell and cross with their attributes."""
+    from inferd.client import FramePublisher
+    from tests.test_zones import MQTT, ZONE_CONFIG, blob_detector, picture
+
+    broker = Broker(tmp_path)
+    (tmp_path / "labels.txt").write_text("person\ncar\n")
+    model = blob_detector(tmp_path / "blobs.onnx")
+    ha = HomeAssistant(tmp_path, broker.port)
+    d = None
+
+    def one(*entity: str) -> str:
+        return documented_ids("board1", [entity]).pop()
+
+    occupied = one("zone occupancy binary sensor", "det", "cam0", "left")
+    count = one("zone count sensor", "det", "cam0", "left")
+    crossed_in = one("line in counter", "det", "cam0", "gate")
+    crossed_out = one("line out counter", "det", "cam0", "gate")
+    event = one("zone event", "det", "cam0")
+    objects = one("detect count sensor", "det", "cam0")
+
+    def fired(kind: str) -> bool:
+        attributes = (ha.entity(event) or {}).get("attributes", {})
+        return attributes.get("event_type") == kind
+
+    try:
+        ha.start()
+        ha.wait_api()
+        config = ZONE_CONFIG.format(
+            model=model, labels=tmp_path / "labels.txt", extra=MQTT.format(port=broker.port)
+        )
+        d = DaemonProcess(tmp_path, config)
+        xs = [20] * 8 + list(range(20, 281, 10))  # 8 frames still in the zone, then right over the line
+        t0 = time.time()
+        with FramePublisher(d.pull, source="cam0") as cam:
+
+            def send(ks: range) -> None:
+                for k in ks:
+                    cam.send(picture(xs[k], 240), seq=k, ts=t0 + k / 10)
+
+            # zones' entities are announced before any frame; events are not retained, so what
+            # counts is that Home Assistant has subscribed: it shows the first frame's state
+            ha.until(lambda: ha.entity(event) is not None and ha.state(occupied) is not None, "entities", 30)
+            send(range(1))
+            ha.until(lambda: ha.state(objects) == "2", "the first state", 30)  # a person and a car
+            send(range(1, 4))  # confirmed on the 3rd frame: enter
+            ha.until(lambda: fired("enter") and ha.shows({occupied: "on", count: "1"}), "enter", 30)
+            send(range(4, 8))  # 0.5 s in the zone: dwell
+            ha.until(lambda: fired("dwell"), "dwell", 30)
+            send(range(8, len(xs)))  # out of the zone (leave), over the line: cross out
+            ha.until(lambda: fired("cross"), "cross", 30)
+        final = {occupied: "off", count: "0", crossed_in: "0", crossed_out: "1"}
+        ha.until(lambda: ha.shows(final), f"{final}", 30)
+        attributes = ha.entity(event)["attributes"]
+        assert (
+            attributes["direction"] == "out" and attributes["zone"] == "gate" and attributes["track_id"] == 1
+        )
+        assert set(attributes["event_types"]) == {"enter", "leave", "dwell", "cross"}
+        ours = ha.states("sensor.inferd_board1_") | ha.states("binary_sensor.inferd_board1_")
+        ours |= ha.states("event.inferd_board1_")
+        assert {occupied, count, crossed_in, crossed_out, event} <= set(ours), ours
+    finally:
+        if d is not None:
+            d.stop()
+        ha.stop()
         broker.kill()

@@ -37,6 +37,7 @@ from inferd.config.sections import (
     ServiceConfig,
     SourceConfig,
 )
+from inferd.engine.zones import ZoneConfig
 from inferd.errors import ConfigError
 
 __all__ = [
@@ -95,6 +96,11 @@ class Config(Strict):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     mqtt: MqttConfig | None = Field(None, description="Publish results to an MQTT broker (docs/mqtt.md).")
+    zones: list[ZoneConfig] = Field(
+        default_factory=list,
+        description="Polygons and lines on a source's frames, watched by the tracked detect models: "
+        "occupancy and enter/leave/dwell/cross events (docs/zones.md).",
+    )
 
     @model_validator(mode="after")
     def _routes_name_models(self) -> Config:
@@ -115,6 +121,37 @@ class Config(Strict):
             if unknown:
                 known = ", ".join(sorted(names))
                 raise ValueError(f"routes[{i}] names unknown model(s) {', '.join(unknown)}; models: {known}")
+        return self._zones_to_models()
+
+    def _zones_to_models(self) -> Config:
+        """Each zone goes to the tracked detect models it names (or all of them), in their
+        postprocess.zones: a model's zones are part of it (a reload that changes them reloads it)."""
+        tracked = {m.name for m in self.models if m.postprocess.type == "detect" and m.postprocess.track}
+        seen: set[tuple[str, str]] = set()
+        for i, z in enumerate(self.zones):
+            if (z.source, z.name) in seen:
+                raise ValueError(f"zones[{i}]: zone {z.name!r} is drawn twice on source {z.source!r}")
+            seen.add((z.source, z.name))
+            for name in z.models or ():
+                if name not in tracked:
+                    why = "is not configured" if name not in {m.name for m in self.models} else (
+                        "does not track objects (postprocess: detect with track:)")  # fmt: skip
+                    raise ValueError(f"zones[{i}] ({z.name}): model {name!r} {why}")
+            if not tracked:
+                raise ValueError(
+                    f"zones[{i}] ({z.name}): no model tracks objects; zones need a detect model with track:"
+                )
+        for i, m in enumerate(self.models):
+            mine = tuple(
+                z for z in self.zones if m.name in tracked and (z.models is None or m.name in z.models)
+            )
+            if m.postprocess.type == "detect" and m.postprocess.zones != mine:
+                if m.postprocess.zones:
+                    raise ValueError(
+                        f"models[{i}].postprocess.zones: write zones in the top-level zones: list"
+                    )
+                post = m.postprocess.model_copy(update={"zones": mine})
+                self.models[i] = m.model_copy(update={"postprocess": post})
         return self
 
     @field_validator("models")

@@ -13,6 +13,7 @@ from inferd.engine.backends import EXTENSIONS
 from inferd.engine.backends.onnx import OnnxConfig
 from inferd.engine.backends.tflite import TfliteConfig
 from inferd.engine.tracking import TrackConfig
+from inferd.engine.zones import ZoneConfig
 
 
 class PreprocessConfig(Strict):
@@ -184,6 +185,11 @@ class DetectPostprocess(Strict):
         description="Track objects across frames: a stable track_id per detection, per source "
         "(docs/tracking.md); omitted: no tracking.",
     )
+    zones: tuple[ZoneConfig, ...] = Field(
+        (),
+        description="Filled in from the file's top-level `zones:` (the ones this model watches); "
+        "write zones there, not here.",
+    )
     class_agnostic_nms: bool = Field(False, description="Suppress overlaps across classes too.")
     background_class: int | None = Field(
         None, description="anchors/boxes: a class index that is never reported."
@@ -284,6 +290,15 @@ class ModelConfig(Strict):
         default_factory=BatchingConfig,
         description="Dynamic batching across sources (models with a batch dimension).",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_events(cls, name: str) -> str:
+        if name == "events":  # results topics are MODEL/SOURCE; zone events go out on events/MODEL/SOURCE
+            raise ValueError(
+                "a model cannot be called 'events' (its results would share the zone events' topics)"
+            )
+        return name
 
     @model_validator(mode="before")
     @classmethod

@@ -31,7 +31,7 @@ from inferd.engine.tally import Tally
 from inferd.errors import InferdError
 from inferd.ingest.frigate import FrigateCodec
 from inferd.outputs.replies import Replies
-from inferd.protocol import decode_header
+from inferd.protocol import decode_header, encode_header
 from inferd.service.systemd import name_os_thread
 
 log = logging.getLogger("inferd.worker")
@@ -71,6 +71,11 @@ class Relay(Replies):
 
     def error(self, frame: Frame, model: str, reason: str, message: str) -> None:
         self._tell(m.ERROR, frame, reason, message)
+
+    def events(self, frame: Frame, model: str, events: list[dict]) -> None:
+        answer = frame.reply_to[0]
+        topic = f"events/{model}/{frame.source}".encode()
+        answer.out.append([m.TOKEN.pack(m.EVENTS, answer.token), topic, *map(encode_header, events)])
 
     def release(self) -> None:
         pass
@@ -187,7 +192,7 @@ class Child:
             self.worker.process(frames)
         except Exception:  # a bug must not kill the worker; the frames still get an answer
             log.exception("model %s: unexpected error on %d frame(s)", self.name, len(frames))
-            answered = {int.from_bytes(a[0][1:9], "little") for a in self.out}
+            answered = {int.from_bytes(a[0][1:9], "little") for a in self.out if a[0][:1] != m.EVENTS}
             for frame in frames:
                 if frame.reply_to[0].token not in answered:
                     self.relay.error(frame, self.name, "internal", "internal error, see the daemon log")

@@ -6,6 +6,8 @@ daemon -> worker   [FRAME meta + frame header JSON, inline payloads...]  (one pa
 worker -> daemon   [RESULT token, topic, header, tensors...]             a streamed frame's result
                    [REPLY token, parts...]                               a router/frigate frame's answer
                    [DROP|REJECT|ERROR token, reason, message]            counted (and answered) by the daemon
+                   [EVENTS token, topic, event JSON...]                  zone events to publish (before the
+                                                                         frame's answer; the token stays open)
                    [HELLO]                                               connected, model loaded
 daemon -> tally    [SYNC id]                                             a scrape wants the counts now
 tally -> daemon    [METRICS id, json]                                    a Tally's rows (tally.py); id 0:
@@ -19,7 +21,7 @@ from __future__ import annotations
 import struct
 
 FRAME, STOP = b"F", b"S"
-RESULT, REPLY, DROP, REJECT, ERROR, METRICS, HELLO = b"P", b"R", b"D", b"J", b"E", b"M", b"H"
+RESULT, REPLY, DROP, REJECT, ERROR, METRICS, HELLO, EVENTS = b"P", b"R", b"D", b"J", b"E", b"M", b"H", b"V"
 SYNC = b"Y"
 TALLY = b"+t"  # the tally socket's identity: the worker's own plus this
 SYNC_ID = struct.Struct("<cQ")  # SYNC or METRICS, sync id

@@ -142,11 +142,18 @@ class Model:
             return None
         return self.preprocessors[0].geometry(arrays[0].shape)
 
-    def decode(self, outputs: list[np.ndarray], source: str, geometry: Geometry | None = None) -> Decoded:
+    def decode(
+        self,
+        outputs: list[np.ndarray],
+        source: str,
+        geometry: Geometry | None = None,
+        ts: float | None = None,
+    ) -> Decoded:
+        """`ts`: the frame's timestamp (its header's), the tracker's clock where a source gives one."""
         if self.postprocess is None:
             return None
         try:
-            return self.postprocess(outputs, source, geometry)
+            return self.postprocess(outputs, source, geometry, ts)
         except (ValueError, IndexError) as e:
             raise InferenceError(self.name, f"postprocess {self.cfg.postprocess.type} failed: {e}") from e
 

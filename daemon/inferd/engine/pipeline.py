@@ -344,7 +344,7 @@ class Worker(threading.Thread):
                 per_frame = model.infer_batch([inputs for _, inputs, _, _ in ready])
             t2 = time.monotonic()
             decoded = [
-                model.decode(outs, f.source, geom)
+                model.decode(outs, f.source, geom, f.header.ts)
                 for (f, _, _, geom), outs in zip(ready, per_frame, strict=True)
             ]
         except InferenceError as e:
@@ -363,3 +363,15 @@ class Worker(threading.Thread):
             t.inference = t2 - t1
             t.total = time.monotonic() - frame.received
             self.sink.result(frame, model, outputs, dec, t)
+            if dec is not None and "tracks" in dec:
+                self._tracked(frame.source, dec)
+
+    def _tracked(self, source: str, dec: dict) -> None:
+        """A tracked model's gauges and zone event counts (labels() per frame: a few us)."""
+        m, metrics = self.model.name, self.metrics
+        metrics.tracked_objects.labels(m, source).set(dec["tracks"])
+        for zone, state in dec.get("zones", {}).items():
+            if "count" in state:
+                metrics.zone_objects.labels(m, source, zone).set(state["count"])
+        for event in dec.get("events", ()):
+            metrics.zone_events.labels(m, source, event["zone"], event["type"]).inc()

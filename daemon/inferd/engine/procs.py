@@ -407,7 +407,10 @@ class Hub:
             w.last_progress = time.monotonic()
         else:
             kind, token = m.TOKEN.unpack(head)
-            w.pool.answer(w, kind, token, msg[2:])
+            if kind == m.EVENTS:  # the frame's answer follows
+                w.pool.replies.publish([[msg[2], body] for body in msg[3:]])
+            else:
+                w.pool.answer(w, kind, token, msg[2:])
 
     def request_sync(self) -> tuple[int, set[bytes]]:
         """IO thread: ask every worker process for its counts now; (the request's id, who was asked)."""

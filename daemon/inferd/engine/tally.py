@@ -24,7 +24,8 @@ HISTOGRAMS = (
     "frame_latency_seconds",
     "batch_size",
 )
-COUNTERS = ("inferences",)
+COUNTERS = ("inferences", "zone_events")
+GAUGES = ("tracked_objects", "zone_objects")  # set, not added: the latest value wins
 
 
 class _Counter:
@@ -36,6 +37,17 @@ class _Counter:
     def inc(self, amount: float = 1.0) -> None:
         with self.lock:
             self.value += amount
+
+
+class _Gauge:
+    __slots__ = ("changed", "lock", "value")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock, self.value, self.changed = lock, 0.0, False
+
+    def set(self, value: float) -> None:
+        with self.lock:
+            self.value, self.changed = value, True
 
 
 class _Histogram:
@@ -75,6 +87,8 @@ class Tally:
             setattr(self, name, _Family(lambda b=bounds: _Histogram(lock, b)))
         for name in COUNTERS:
             setattr(self, name, _Family(lambda: _Counter(lock)))
+        for name in GAUGES:
+            setattr(self, name, _Family(lambda: _Gauge(lock)))
 
     def drain(self) -> list[list[Any]]:
         """What changed since the last drain, as JSON-able rows (empty when nothing did)."""
@@ -90,6 +104,11 @@ class Tally:
                     if c.value:
                         rows.append([name, list(labels), c.value])
                         c.value = 0.0
+            for name in GAUGES:
+                for labels, g in list(getattr(self, name).children.items()):
+                    if g.changed:
+                        rows.append([name, list(labels), g.value])
+                        g.changed = False
         return rows
 
 
@@ -100,6 +119,8 @@ def apply(metrics, rows: list[list[Any]]) -> None:
         family = getattr(metrics, name, None)
         if name in COUNTERS and family is not None:
             family.labels(*labels).inc(row[2])
+        elif name in GAUGES and family is not None:
+            family.labels(*labels).set(row[2])
         elif name in HISTOGRAMS and family is not None:
             child = family.labels(*labels)
             # prometheus_client keeps one (non-cumulative) value per bucket, +Inf last; there is

@@ -16,8 +16,9 @@ A confirmed track that no detection matches is lost: still predicted, still matc
 new objects are not tracked (counted in `refused`) until tracks expire.
 
 `Tracker.update` takes arrays (any detector format decodes to them); `Tracker.annotate` takes the
-decoded detection dicts and sets their `track_id` (None while the track is tentative). Zones read
-`Tracker.tracks()`: id, class, box, age, velocity, hits and state of every live track.
+decoded detection dicts and sets their `track_id` (None while the track is tentative), age and
+velocity. Given zones (zones.py), each update also decides their events, from state kept in rows
+beside the tracks' own.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inferd.engine import kalman
 from inferd.engine.tracking_solver import assign, iou_matrix
+from inferd.engine.zones import ZoneConfig, ZoneState
 
 State = Literal["tentative", "confirmed", "lost"]
 _FIELDS = ("kf", "cls", "score", "id", "hits", "first", "last")
@@ -109,6 +111,9 @@ class Update:
 
     ids: np.ndarray  # the track id of each detection, in order; -1: none (tentative, or not tracked)
     ended: list[Track]  # confirmed tracks dropped by this update (lost for longer than max_age_s)
+    age: np.ndarray  # each detection's track's age, seconds (NaN: not tracked)
+    velocity: np.ndarray  # [n, 2] each detection's track's centre velocity, pixels per second
+    events: list[dict]  # what the zones decided: type, zone, track_id, label, box (+ direction, duration_s)
 
 
 class Tracker:
@@ -116,8 +121,11 @@ class Tracker:
     caller at a time. Its memory is bounded by max_tracks, and an idle one holds only what ends at
     its next update (a caller that drops idle sources can drop their trackers)."""
 
-    def __init__(self, cfg: TrackConfig, labels: list[str] | None = None) -> None:
+    def __init__(
+        self, cfg: TrackConfig, labels: list[str] | None = None, zones: list[ZoneConfig] | None = None
+    ) -> None:
         self.cfg, self.labels = cfg, labels
+        self.zones = ZoneState(zones, labels, cfg.min_hits) if zones else None
         self.next_id = 1
         self.refused = 0  # new objects not tracked because max_tracks were live
         self.t: float | None = None  # the last update's timestamp
@@ -130,9 +138,18 @@ class Tracker:
     def __len__(self) -> int:
         return len(self._a["id"])
 
-    def update(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, t: float) -> Update:
+    @property
+    def ids(self) -> np.ndarray:
+        """Each live track's id (-1: tentative)."""
+        return self._a["id"]
+
+    def update(
+        self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, t: float,
+        frame: tuple[int, int] | None = None,
+    ) -> Update:  # fmt: skip
         """One frame's detections ([n, 4] x1, y1, x2, y2 boxes, scores, classes) at timestamp `t`
-        (seconds): the track id of each detection and the tracks that ended."""
+        (seconds) of a `frame` (width, height: normalized zones need it): the track id of each
+        detection, the tracks that ended, the zones' events."""
         cfg, a = self.cfg, self._a
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
@@ -166,8 +183,13 @@ class Tracker:
         expired = (a["id"] >= 0) & (np.abs(t - a["last"]) > cfg.max_age_s)  # also a clock far back
         drop = expired | ((a["id"] < 0) & (a["last"] != t))  # tentative and missed: forgotten
         ended: list[Track] = []
+        events: list[dict] = []
         if drop.any():
-            ended = self._snapshot(np.flatnonzero(expired), t)
+            gone = np.flatnonzero(expired)
+            ended = self._snapshot(gone, t)
+            if self.zones is not None:
+                events = self._events(self.zones.ended(gone, a["last"][gone]), gone, t)
+                self.zones.keep(~drop)
             keep = ~drop
             for k in _FIELDS:
                 a[k] = a[k][keep]
@@ -176,18 +198,35 @@ class Tracker:
         if len(new):
             self._start(boxes, scores, classes, new, slot, t)
         self.t = t
-        return Update(np.where(slot >= 0, a["id"][slot], -1) if len(a["id"]) else slot, ended)
+        if self.zones is not None:
+            rows = np.flatnonzero(a["last"] == t)
+            found = self.zones.update(
+                rows, a["id"][rows], kalman.xyxy(a["kf"][rows]), a["cls"][rows], t, frame
+            )
+            if found:
+                events += self._events(found, rows, t)
+        hit = slot >= 0
+        ids, age, vel = np.full(len(slot), -1), np.full(len(slot), np.nan), np.full((len(slot), 2), np.nan)
+        if hit.any():
+            r = slot[hit]
+            ids[hit], age[hit], vel[hit] = a["id"][r], t - a["first"][r], a["kf"][r, 4:6]
+        return Update(ids, ended, age, vel, events)
 
-    def annotate(self, detections: list[dict], t: float) -> list[Track]:
+    def annotate(self, detections: list[dict], t: float, frame: tuple[int, int] | None = None) -> Update:
         """Sets "track_id" on each decoded detection (None while its track is tentative or when
-        it is not tracked); the tracks that ended."""
+        it is not tracked), and with an id its "track_age_s" and "velocity" ([vx, vy] of the box
+        centre, pixels per second); the update."""
         boxes = np.array([d["box"] for d in detections], np.float64).reshape(-1, 4)
         scores = np.array([d["score"] for d in detections], np.float64)
         classes = np.array([d["class"] for d in detections], np.int64)
-        up = self.update(boxes, scores, classes, t)
-        for det, i in zip(detections, up.ids.tolist(), strict=True):
-            det["track_id"] = i if i >= 0 else None
-        return up.ended
+        up = self.update(boxes, scores, classes, t, frame)
+        ages, vels = np.round(up.age, 3).tolist(), np.round(up.velocity, 1).tolist()
+        for det, i, age, vel in zip(detections, up.ids.tolist(), ages, vels, strict=True):
+            if i >= 0:
+                det["track_id"], det["track_age_s"], det["velocity"] = i, age, vel
+            else:
+                det["track_id"] = None
+        return up
 
     def tracks(self, confirmed_only: bool = False) -> list[Track]:
         """Every live track at the last update's time (only those with an id if confirmed_only)."""
@@ -195,6 +234,17 @@ class Tracker:
         return self._snapshot(idx, self.t or 0.0)
 
     # ---- internals -------------------------------------------------------------------------
+
+    def _events(self, found: list, idx: np.ndarray, t: float) -> list[dict]:
+        """Zones' findings as event dicts; k in each indexes `idx`, the rows they are about."""
+        ks = sorted({f[2] for f in found})
+        tracks = dict(zip(ks, self._snapshot(idx[ks], t), strict=True))
+        out = []
+        for kind, zone, k, extra in found:
+            tr = tracks[k]
+            out.append({"type": kind, "zone": zone, "track_id": tr.id, "label": tr.label, "class": tr.cls,
+                        "box": list(tr.box), **extra})  # fmt: skip
+        return out
 
     def _confirm(self, idx: np.ndarray) -> None:
         """Ids for the tracks among `idx` just matched for the min_hits-th time."""
@@ -217,6 +267,8 @@ class Tracker:
         slot[new] = np.arange(len(self), len(self) + n)
         for k in _FIELDS:
             a[k] = np.concatenate([a[k], add[k]])
+        if self.zones is not None:
+            self.zones.grow(n)
         self._confirm(slot[new])  # min_hits 1
 
     def _snapshot(self, idx: np.ndarray, t: float) -> list[Track]:
@@ -237,29 +289,56 @@ class Tracker:
 
 
 class Tracks:
-    """A model's trackers, one per source, for its detect postprocess: the time is this process's
-    monotonic clock when the frame is decoded (as smoothing's); a source silent for IDLE_S (at
-    least 10 x max_age_s) loses its tracker, so many sources over a long run stay bounded."""
+    """A model's trackers, one per source, for its detect postprocess, with the zones drawn on
+    that source: the time is each frame's timestamp (its header's `ts`), or for frames without
+    one this process's monotonic clock when it is decoded; a source silent for IDLE_S (at least
+    10 x max_age_s) loses its tracker, so many sources over a long run stay bounded."""
 
     IDLE_S = 60.0
 
-    def __init__(self, cfg: TrackConfig, labels: list[str] | None = None, clock=time.monotonic) -> None:
+    def __init__(
+        self, cfg: TrackConfig, labels: list[str] | None = None, zones: list[ZoneConfig] | None = None,
+        clock=time.monotonic,
+    ) -> None:  # fmt: skip
         self.cfg, self.labels, self.clock = cfg, labels, clock
+        self.zones: dict[str, list[ZoneConfig]] = {}
+        for z in zones or ():
+            self.zones.setdefault(z.source, []).append(z)
         self.by_source: dict[str, Tracker] = {}
+        self.last: dict[str, float] = {}  # source -> when its last frame was tracked (monotonic)
         self._lock = threading.Lock()  # instances of one model (threads) share it
         self._calls = 0
 
-    def __call__(self, source: str, detections: list[dict]) -> list[Track]:
-        """Sets each detection's "track_id"; the tracks of this source that ended."""
+    def __call__(
+        self,
+        source: str,
+        detections: list[dict],
+        frame: tuple[int, int] | None = None,
+        ts: float | None = None,
+    ) -> Result:
+        """Sets each detection's "track_id" (and age, velocity); this frame's events and, where
+        the source has zones, what is in them (ZoneState.summary). The time is the frame's `ts`
+        (when it was captured: queueing and batching do not bend the motion), else now."""
         now = self.clock()
         with self._lock:
             tracker = self.by_source.get(source)
             if tracker is None:
-                tracker = self.by_source[source] = Tracker(self.cfg, self.labels)
-            ended = tracker.annotate(detections, now)
+                tracker = self.by_source[source] = Tracker(self.cfg, self.labels, self.zones.get(source))
+            up = tracker.annotate(detections, now if ts is None else ts, frame)
+            summary = tracker.zones.summary(tracker.ids) if tracker.zones is not None else None
+            self.last[source] = now  # idleness in this process's clock: sources' own clocks differ
             self._calls += 1
             if self._calls % 256 == 0:
                 idle = max(self.IDLE_S, 10 * self.cfg.max_age_s)
-                for name in [n for n, t in self.by_source.items() if t.t is not None and now - t.t > idle]:
-                    del self.by_source[name]
-        return ended
+                for name in [n for n, t in self.last.items() if now - t > idle]:
+                    del self.by_source[name], self.last[name]
+        return Result(up.events, summary, int((tracker.ids >= 0).sum()))
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What tracking adds to a frame's result besides the detections' ids."""
+
+    events: list[dict]
+    zones: dict[str, dict] | None  # None: no zone on this source
+    tracks: int  # the source's confirmed tracks (lost ones included)

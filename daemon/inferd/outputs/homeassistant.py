@@ -6,10 +6,13 @@ each configured label of interest ("person detected"). How that one turns off fo
 publish policy: `every` and `rate` publish while the label is seen, so a result without it says
 nothing and `off_delay` turns the sensor off after the last sighting (one missed frame does not
 flicker it); `change` publishes nothing while the scene stays the same, so the label leaving is an
-explicit OFF and there is no `off_delay` (it would turn off a person standing still). Entities
-appear when a source first sends a result, are announced again on every reconnection (retained),
-and are removed (an empty retained config) when a reload drops the model, or, at the first
-connection after a start, when their model or label is no longer configured.
+explicit OFF and there is no `off_delay` (it would turn off a person standing still). Where a
+tracked model watches zones on a source: per polygon an occupancy binary sensor and a count
+sensor, per line an in and an out counter, and one `event` entity firing each zone event
+(docs/zones.md). Entities appear when a source first sends a result, are announced again on
+every reconnection (retained), and are removed (an empty retained config) when a reload drops the
+model or its zone, or, at the first connection after a start, when their model, label or zone is
+no longer configured.
 
 An entity's state is its model and source's latest result, published retained by the sink (so a
 Home Assistant that subscribes after the config, ~100 ms later, or after a restart, gets it at
@@ -47,17 +50,29 @@ def _name(part: str) -> str:
 
 
 class Discovery:
-    def __init__(self, client, cfg: MqttConfig, status_topic: str, models: set[str] | None = None) -> None:
+    def __init__(
+        self, client, cfg: MqttConfig, status_topic: str, models: set[str] | None = None,
+        zones: dict[tuple[str, str], dict[str, dict]] | None = None,
+    ) -> None:  # fmt: skip
         self.client, self.cfg, self.status_topic = client, cfg, status_topic
         self.ha = cfg.home_assistant
         self.models = set(models or ())  # the configured models: others' entities are stale
-        self.announced: dict[str, dict[str, str]] = {}  # model -> {config topic: payload}
+        self._zones(zones or {})
+        self.announced: dict[
+            tuple[str, str], dict[str, str]
+        ] = {}  # (model, source) -> {config topic: payload}
         self._seen: dict[tuple[str, str], bool] = {}  # (model, source) announced -> has entities
         self.states: dict[tuple[str, str], tuple[str, str]] = {}  # (model, source) -> topic, latest
         self._lock = threading.Lock()
         self._swept = False
         self.node = f"inferd_{cfg.device_id}"
         self.birth_topic = self.ha.birth_topic or f"{self.ha.discovery_prefix}/status"
+
+    def _zones(self, layout: dict[tuple[str, str], dict[str, dict]]) -> None:
+        """`layout`: (model, source) -> each zone's empty summary (daemon.zone_layout): their
+        entities are known before any frame, and other zones' entities are stale."""
+        self.layout = layout
+        self.zones = {(model, source, zone) for (model, source), zs in layout.items() for zone in zs}
 
     @property
     def device(self) -> dict:
@@ -110,6 +125,43 @@ class Discovery:
                 if label == "person":
                     sensor["device_class"] = "occupancy"
                 out[f"{prefix}/binary_sensor/{node}/{_id(model)}_{_id(source)}_{_id(label)}/config"] = sensor
+            if "zones" in result:
+                out.update(self._zone_entities(model, source, result["zones"], common))
+        return out
+
+    def _zone_entities(self, model: str, source: str, zones: dict, common: dict) -> dict[str, dict]:
+        """A tracked model's zone entities on one source, and its event entity."""
+        prefix, node, dev = self.ha.discovery_prefix, self.node, self.cfg.device_id
+        base = f"{_id(model)}_{_id(source)}_zone"
+        out: dict[str, dict] = {}
+        for zone, state in zones.items():
+            z, key = _id(zone), json.dumps(zone)
+            uid = f"inferd_{dev}_{base}_{z}"
+            if "count" in state:
+                out[f"{prefix}/binary_sensor/{node}/{base}_{z}/config"] = {
+                    **common, "name": f"{zone} occupied ({source})", "unique_id": uid,
+                    "device_class": "occupancy", "payload_on": "ON", "payload_off": "OFF",
+                    "value_template": f"{{{{ 'ON' if value_json.zones[{key}].count > 0 else 'OFF' }}}}",
+                }  # fmt: skip
+                out[f"{prefix}/sensor/{node}/{base}_{z}_count/config"] = {
+                    **common, "name": f"{zone} objects ({source})", "unique_id": f"{uid}_count",
+                    "state_class": "measurement", "icon": "mdi:counter",
+                    "value_template": f"{{{{ value_json.zones[{key}].count }}}}",
+                }  # fmt: skip
+            else:
+                for way in ("in", "out"):
+                    out[f"{prefix}/sensor/{node}/{base}_{z}_{way}/config"] = {
+                        **common, "name": f"{zone} crossed {way} ({source})", "unique_id": f"{uid}_{way}",
+                        "state_class": "total_increasing", "icon": "mdi:transit-transfer",
+                        "value_template": f"{{{{ value_json.zones[{key}][{way!r}] }}}}",
+                    }  # fmt: skip
+        ids = f"{_id(model)}_{_id(source)}_events"
+        out[f"{prefix}/event/{node}/{ids}/config"] = {
+            **common, "name": f"{model} {source} zone event", "unique_id": f"inferd_{dev}_{ids}",
+            "state_topic": f"{common['state_topic']}/events",
+            "event_types": ["enter", "leave", "dwell", "cross"],
+            "value_template": "{{ dict(value_json, event_type=value_json.type) | tojson }}",
+        }  # fmt: skip
         return out
 
     def seen(self, model: str, source: str, result: dict, topic: str, text: str) -> bool:
@@ -120,15 +172,33 @@ class Discovery:
         stateful = self._seen.get(key)
         if stateful is None:
             with self._lock:
-                entities = self.entities(model, source, result)
-                self._seen[key] = stateful = bool(entities)
-                for config, payload in entities.items():
-                    encoded = json.dumps(payload, separators=(",", ":"))
-                    self.announced.setdefault(model, {})[config] = encoded
-                    self.client.publish(config, encoded, qos=1, retain=True)
+                stateful = self._publish(key, self.entities(model, source, result))
         if stateful:
             self.states[key] = (topic, text)
         return stateful
+
+    def _publish(self, key: tuple[str, str], entities: dict[str, dict]) -> bool:
+        """A model/source's entities announced (the lock held; what a reload removed of them
+        deleted): whether it has any."""
+        before = self.announced.pop(key, {})
+        for config in before.keys() - entities.keys():  # a zone a reload removed
+            self.client.publish(config, "", qos=1, retain=True)
+        for config, payload in entities.items():
+            encoded = json.dumps(payload, separators=(",", ":"))
+            self.announced.setdefault(key, {})[config] = encoded
+            self.client.publish(config, encoded, qos=1, retain=True)
+        self._seen[key] = bool(entities)
+        return bool(entities)
+
+    def _early(self) -> None:
+        """The lock held: the entities of the sources that zones are drawn on, announced before
+        their first frame, so that Home Assistant has subscribed to their events by then (events
+        are not retained: one published before it subscribes never reaches it)."""
+        for (model, source), zones in self.layout.items():
+            if (model, source) not in self._seen:
+                self._publish(
+                    (model, source), self.entities(model, source, {"detections": [], "zones": zones})
+                )
 
     def _announce(self) -> None:
         """Every config announced so far, again (the lock held)."""
@@ -155,6 +225,7 @@ class Discovery:
         those of models (or labels) no longer configured: removed while inferd was stopped."""
         with self._lock:
             self._announce()
+            self._early()
             if self._swept:
                 return
             self._swept = True
@@ -190,15 +261,31 @@ class Discovery:
         component, ids = parts[-4], parts[-2].split("_")
         if _name(ids[0]) not in self.models:
             return True
+        if len(ids) >= 4 and ids[2] == "zone":
+            return (_name(ids[0]), _name(ids[1]), _name(ids[3])) not in self.zones
+        if component == "event":
+            return not any(z[:2] == (_name(ids[0]), _name(ids[1])) for z in self.zones)
         return component == "binary_sensor" and len(ids) == 3 and _name(ids[2]) not in self.ha.labels
+
+    def configure(
+        self, models: set[str], zones: dict[tuple[str, str], dict[str, dict]], replaced: set[str]
+    ) -> None:
+        """After a reload: the models and zones now configured; the `replaced` models' entities are
+        announced again (what is gone of them deleted) now where zones tell them, else at their
+        next result."""
+        with self._lock:
+            self.models = models
+            self._zones(zones)
+            self._seen = {key: has for key, has in self._seen.items() if key[0] not in replaced}
+            self._early()
 
     def remove(self, models: set[str]) -> None:
         """Entities of models a reload removed: an empty retained config deletes them in HA, an
         empty retained state leaves nothing of them in the broker."""
         with self._lock:
             self._seen = {key: has for key, has in self._seen.items() if key[0] not in models}
-            for model in models:
-                for topic in self.announced.pop(model, {}):
+            for key in [k for k in self.announced if k[0] in models]:
+                for topic in self.announced.pop(key):
                     self.client.publish(topic, "", qos=1, retain=True)
             for key in list(self.states):  # one C call: the sink may add a source meanwhile
                 if key[0] in models:

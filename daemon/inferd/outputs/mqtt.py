@@ -39,8 +39,8 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps with opti
 
 def summary(decoded: dict | None, outputs) -> dict:
     """What goes to the broker: the decoded result, or a raw model's shapes and argmax."""
-    if decoded is not None:
-        out = {k: v for k, v in decoded.items() if not k.startswith("_")}
+    if decoded is not None:  # zone events go out on their own topic, each once (MqttSink.offer)
+        out = {k: v for k, v in decoded.items() if not k.startswith("_") and k != "events"}
         if "segmentation" in out:  # the areas, not the mask
             seg = out["segmentation"]
             out["segmentation"] = {"width": seg["width"], "height": seg["height"], "areas": seg["areas"]}
@@ -59,7 +59,10 @@ def fingerprint(result: dict) -> Any:
         for d in result["detections"]:
             key = d["label"] if d["label"] is not None else d["class"]
             counts[key] = counts.get(key, 0) + 1
-        return tuple(sorted(counts.items(), key=str))
+        zones = tuple(
+            (z, s.get("count"), s.get("in"), s.get("out")) for z, s in result.get("zones", {}).items()
+        )
+        return tuple(sorted(counts.items(), key=str)), zones
     if "segmentation" in result:
         areas = result["segmentation"]["areas"]
         return max(areas, key=lambda a: a["fraction"])["class"] if areas else None
@@ -100,6 +103,8 @@ class MqttSink:
         policy = self.policy(model)
         if policy is None:
             return
+        if decoded is not None and decoded.get("events"):  # never skipped by the policy
+            self._events(model, source, decoded["events"])
         now = time.monotonic()
         key = (model, source)
         last = self._state.get(key)
@@ -126,6 +131,15 @@ class MqttSink:
         outbox.append((topic, payload, model, source, result))  # deque: thread-safe without a lock
         if not self._wake.is_set():
             self._wake.set()
+
+    def _events(self, model: str, source: str, events: list[dict]) -> None:
+        """Zone events, one message each on .../MODEL/SOURCE/events (not retained: an event happens once)."""
+        topic = f"{self.cfg.topic_prefix}/{self.cfg.device_id}/{model}/{source}/events"
+        for event in events:
+            if len(self.outbox) == self.outbox.maxlen:
+                self._dropped.inc()
+            self.outbox.append((topic, event, None, source, None))
+        self._wake.set()
 
     # ---- the client thread -------------------------------------------------------------------
 
@@ -238,7 +252,11 @@ class MqttSink:
                     break
                 topic, payload, model, source, result = outbox.popleft()
                 text = _encode(payload)  # an entity's state is retained (homeassistant.py)
-                retain = discovery is not None and discovery.seen(model, source, result, topic, text)
+                retain = (
+                    discovery is not None
+                    and model is not None
+                    and discovery.seen(model, source, result, topic, text)
+                )
                 if publish(topic, text, qos=qos, retain=retain).rc == 0:
                     sent += 1
                 else:

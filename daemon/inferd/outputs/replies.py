@@ -154,12 +154,29 @@ class Replies:
                 tensors = [o if o.flags.c_contiguous else o.tobytes() for o in outputs]
             head = self._result_header(h, model, outputs, decoded, t)
             self._send_encoded(frame.reply_to, model.name, h.source, head, tensors)
+        if decoded is not None and decoded.get("events"):
+            self.events(frame, model.name, decoded["events"])
         hist = self._latency.get((model.name, h.source))
         if hist is None:
             hist = self._latency[(model.name, h.source)] = self.metrics.frame_latency_seconds.labels(
                 model.name, h.source
             )
         hist.observe(max(latency, 0.0))
+
+    def events(self, frame: Frame, model: str, events: list[dict]) -> None:
+        """Zone events, one message each on the results socket under events/MODEL/SOURCE, whoever
+        asked for the frame (they are the source's, not the request's)."""
+        topic = f"events/{model}/{frame.source}".encode()
+        self.publish([[topic, encode_header(e)] for e in events])
+
+    def publish(self, messages: list[list]) -> None:
+        """Whole messages on the results socket (PUB drops at its high-water mark, never blocks)."""
+        with self.pub_lock:
+            pub = self.pub
+            if pub is not None:
+                for parts in messages:
+                    with contextlib.suppress(zmq.Again):
+                        pub.send_multipart(parts, zmq.NOBLOCK)
 
     def _error(self, reply_to, model: str, source: str, seq, rid, reason: str, message: str) -> None:
         header: dict[str, Any] = {

@@ -158,6 +158,24 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.tracked_objects = Gauge(
+            "inferd_tracked_objects",
+            "Objects tracked (confirmed tracks, briefly unseen ones included) at the source's last frame.",
+            ["model", "source"],
+            registry=r,
+        )
+        self.zone_objects = Gauge(
+            "inferd_zone_objects",
+            "Tracked objects in a polygon zone at the source's last frame.",
+            ["model", "source", "zone"],
+            registry=r,
+        )
+        self.zone_events = Counter(
+            "inferd_zone_events",
+            "Zone events (enter, leave, dwell, cross), by zone and type.",
+            ["model", "source", "zone", "type"],
+            registry=r,
+        )
         ProcessCollector(registry=r)
         if sysfs is not None:
             r.register(DeviceCollector(sysfs))
@@ -172,6 +190,13 @@ class Metrics:
                 gauge.remove(name)
         for labels in [k for k in self.model_info._metrics if k[0] == name]:
             self.model_info.remove(*labels)
+        self.forget_tracks(name)
+
+    def forget_tracks(self, name: str) -> None:
+        """A model removed or reloaded (its tracks start again, its zones may have changed)."""
+        for family in (self.tracked_objects, self.zone_objects):
+            for labels in [k for k in family._metrics if k[0] == name]:
+                family.remove(*labels)
 
     def model_up(self, model) -> None:
         info = model.describe()

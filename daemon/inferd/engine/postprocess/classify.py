@@ -47,7 +47,9 @@ class Classify:
         self.index = output_index(outputs, cfg.output, model)
         self.smoother = Smoother(cfg.smooth) if cfg.smooth else None
 
-    def __call__(self, outputs: list[np.ndarray], source: str, geometry=None) -> Decoded:
+    def __call__(
+        self, outputs: list[np.ndarray], source: str, geometry=None, ts: float | None = None
+    ) -> Decoded:
         scores = np.asarray(outputs[self.index], dtype=np.float32).reshape(-1)
         if self.cfg.softmax:
             scores = softmax(scores)

@@ -7,6 +7,7 @@ then NMS, then the preprocessing is undone (geometry.py). Formats are documented
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,7 +45,7 @@ class Detect:
         # with tracking, the decoders keep the low-score candidates too (ByteTrack's second stage
         # matches them to tracks); only those at score_threshold or above are reported
         self.threshold = min(cfg.score_threshold, cfg.track.low_score) if cfg.track else cfg.score_threshold
-        self.tracks = Tracks(cfg.track, labels) if cfg.track else None
+        self.tracks = Tracks(cfg.track, labels, list(cfg.zones)) if cfg.track else None
         fmt = cfg.format
         wanted = cfg.outputs if cfg.outputs is not None else DEFAULT_OUTPUTS.get(fmt, [0])
         counts = OUTPUT_COUNTS.get(fmt, (1,))
@@ -168,7 +169,13 @@ class Detect:
 
     # ---- common path -----------------------------------------------------------------------
 
-    def __call__(self, outputs: list[np.ndarray], source: str, geometry: Geometry | None = None) -> Decoded:
+    def __call__(
+        self,
+        outputs: list[np.ndarray],
+        source: str,
+        geometry: Geometry | None = None,
+        ts: float | None = None,
+    ) -> Decoded:
         cfg = self.cfg
         boxes, scores, classes, kps = getattr(self, f"_{cfg.format}")(outputs)
         keep = scores >= self.threshold
@@ -195,9 +202,22 @@ class Detect:
             boxes[:n], scores[:n], classes[:n], kps[:n] if kps is not None else None, geometry
         )
         if self.tracks is not None:
-            self.tracks(source, out["detections"])
-            out["detections"] = [d for d in out["detections"] if d["score"] >= cfg.score_threshold]
+            self._track(source, out, ts)
         return out
+
+    def _track(self, source: str, out: dict, ts: float | None) -> None:
+        """Track ids (age, velocity) on the detections; the zones' state and events, if any."""
+        frame = out.get("frame")
+        size = (frame["width"], frame["height"]) if frame else None
+        tracked = self.tracks(source, out["detections"], size, ts)
+        out["detections"] = [d for d in out["detections"] if d["score"] >= self.cfg.score_threshold]
+        out["tracks"] = tracked.tracks
+        if tracked.zones is not None:
+            out["zones"] = tracked.zones
+            ts = round(time.time() if ts is None else ts, 3)
+            for event in tracked.events:  # self-contained: also published on their own
+                event.update(model=self.model, source=source, ts=ts, frame=frame)
+            out["events"] = tracked.events
 
     def _results(self, boxes, scores, classes, kps, geometry: Geometry | None) -> dict:
         if geometry is None:  # no image input: boxes as the model gives them

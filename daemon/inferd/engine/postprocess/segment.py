@@ -74,7 +74,13 @@ class Segment:
         self.cfg, self.labels = cfg, labels
         self.index = output_index(outputs, cfg.output, model)
 
-    def __call__(self, outputs: list[np.ndarray], source: str, geometry: Geometry | None = None) -> Decoded:
+    def __call__(
+        self,
+        outputs: list[np.ndarray],
+        source: str,
+        geometry: Geometry | None = None,
+        ts: float | None = None,
+    ) -> Decoded:
         cfg = self.cfg
         mask, n = class_map(outputs[self.index], cfg)
         if cfg.mask_size == "frame" and geometry is not None:
