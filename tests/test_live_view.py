@@ -295,3 +295,23 @@ def test_keypoints_are_dots_on_the_picture():
     img = np.asarray(annotate.annotate(image, result))
     assert near(img[40, 30], green, 5)
     assert near(img[70, 50], (GREY,) * 3, 5)  # a keypoint the model is unsure of is not drawn
+
+
+def test_zones_are_drawn_with_their_counts_and_the_line_s_in_side():
+    """A polygon's outline (amber, red while occupied) and a line with its arrow on the `in`
+    side: for a line drawn top to bottom that is screen left (docs/zones.md)."""
+    from inferd.engine.zones import ZoneConfig
+
+    porch = ZoneConfig(name="porch", source="cam", polygon=[[0.1, 0.1], [0.4, 0.1], [0.4, 0.4], [0.1, 0.4]])
+    gate = ZoneConfig(name="gate", source="cam", line=[[150, 60], [150, 190]], units="pixels")
+    for count, colour in [(0, annotate.ZONE), (2, annotate.ZONE_OCCUPIED)]:
+        image = Image.new("RGB", (200, 200), (GREY,) * 3)
+        result = {"detections": [], "zones": {"porch": {"count": count}, "gate": {"in": 1, "out": 0}}}
+        img = np.asarray(annotate.annotate(image, result, zones=(porch, gate)))
+        assert near(img[70, 20], colour, 10) and near(img[80, 80], colour, 10)  # the left and right sides
+        assert near(img[50, 50], (GREY,) * 3, 5)  # the inside stays clear
+        assert near(img[100, 150], annotate.ZONE, 10)  # the line
+        assert near(img[125, 140], annotate.ZONE, 10)  # the arrow, from its middle, to the left: `in`
+        assert near(img[125, 160], (GREY,) * 3, 5)  # nothing on the right
+    image = Image.new("RGB", (200, 200), (GREY,) * 3)  # without a result: the zones alone
+    assert near(np.asarray(annotate.annotate(image, None, zones=(porch,)))[70, 20], annotate.ZONE, 10)

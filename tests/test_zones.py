@@ -13,8 +13,10 @@ import pytest
 from pydantic import ValidationError
 
 from inferd.config import parse_config
+from inferd.engine.shapes import ANCHORS, cuts, inside
 from inferd.engine.tracking import TrackConfig, Tracker
-from inferd.engine.zones import ANCHORS, ZoneConfig, cuts, inside
+from inferd.engine.zones import ZoneConfig
+from inferd.outputs import annotate
 from tests import scenes
 from tests.test_tracking import box
 
@@ -389,18 +391,48 @@ zones:
 {extra}"""
 
 
+def live_picture(d, model: str, source: str, send) -> np.ndarray:
+    """/live/MODEL/SOURCE.jpg while `send(client, k)` sends frames (a view keeps only frames
+    that come after someone asked)."""
+    import io
+    import threading
+    import urllib.request
+
+    from PIL import Image
+
+    from inferd.client import InferClient
+
+    got: list[bytes] = []
+    url = f"http://127.0.0.1:{d.metrics_port}/live/{model}/{source}.jpg"
+    thread = threading.Thread(target=lambda: got.append(urllib.request.urlopen(url, timeout=30).read()))
+    thread.start()
+    with InferClient(d.router, timeout=30) as client:
+        k = 0
+        while thread.is_alive() and k < 300:
+            send(client, k)
+            k += 1
+            time.sleep(0.05)
+    thread.join(30)
+    return np.asarray(Image.open(io.BytesIO(got[0])).convert("RGB"))
+
+
+def near(pixel, colour, tol: int = 50) -> bool:
+    return all(abs(int(a) - int(b)) <= tol for a, b in zip(pixel[:3], colour, strict=True))
+
+
 def test_a_served_detector_tracks_a_moving_object_through_zones(tmp_path):
     """End to end: a red square (a "person") walks right across a 320x240 picture, past a green
     one (a "car") that stands still; the blob detector finds both in 64x64 model pixels, inferd
     puts them back in frame pixels, tracks them, and the zones (normalized) give enter, dwell,
     leave and a cross `out` on the results socket under events/det/cam0, with the track's id, in
-    the results' `zones` and `events`, and in the metrics."""
-    from inferd.client import InferClient, ResultSubscriber
+    the results' `zones` and `events`, in the metrics, and the live view draws the zones."""
+    from inferd.client import InferClient, RequestTimeout, ResultSubscriber
     from tests.daemon_harness import DaemonProcess
 
     (tmp_path / "labels.txt").write_text("person\ncar\n")
     model = blob_detector(tmp_path / "blobs.onnx")
-    d = DaemonProcess(tmp_path, ZONE_CONFIG.format(model=model, labels=tmp_path / "labels.txt", extra=""))
+    live = 'metrics: {listen: "{metrics}", live_view: true}\n'
+    d = DaemonProcess(tmp_path, ZONE_CONFIG.format(model=model, labels=tmp_path / "labels.txt", extra=live))
     try:
         sub = ResultSubscriber(d.results, ["events/"])
         results = []
@@ -414,6 +446,8 @@ def test_a_served_detector_tracks_a_moving_object_through_zones(tmp_path):
         events = []
         while len(events) < 4:
             events.append(sub.recv(10))
+        with pytest.raises(RequestTimeout):  # each once (worker processes relay them: not twice)
+            sub.recv(1.0)
         assert all(r.topic == "events/det/cam0" and r.event is not None for r in events)
         got = [(e.event["type"], e.event["zone"], e.event.get("direction")) for e in events]
         assert got == [("enter", "left", None), ("dwell", "left", None), ("leave", "left", None),
@@ -436,6 +470,13 @@ def test_a_served_detector_tracks_a_moving_object_through_zones(tmp_path):
         assert d.metric("inferd_tracked_objects", model="det", source="cam0") == 2
         assert d.metric("inferd_zone_objects", model="det", source="cam0", zone="left") == 0
         sub.close()
+        # the live view draws the zones: the polygon's left side and the gate line, amber (empty)
+        img = live_picture(d, "det", "cam0", lambda client, k: client.infer(picture(280, 240), model="det",
+                           source="cam0", ts=t0 + 4 + k / 10))  # fmt: skip
+        assert img.shape == (240, 320, 3)
+        assert all(near(img[y, 1], annotate.ZONE) for y in (150, 180, 220))  # x = 0 of the frame
+        assert all(near(img[y, 160], annotate.ZONE) for y in (40, 60, 100))  # the line at x = 0.5
+        assert near(img[200, 100], (0, 0, 0), 60)  # inside: the frame (black)
     finally:
         assert d.stop() == 0, d.logs()
 
@@ -512,3 +553,48 @@ def test_zone_events_and_entities_reach_mqtt_and_home_assistant(tmp_path):
         assert d.stop() == 0, d.logs()
         listener.close()
         broker.kill()
+
+
+def test_a_reload_keeps_an_untouched_model_s_tracks_and_restarts_a_changed_one(tmp_path):
+    """A reload that leaves the tracked model as it was (here: a sources section added) keeps its
+    tracks: the same id, its age going on, its stay's dwell on time, no second `enter`; one that
+    changes its zones restarts them (the next frame's track is tentative again)."""
+    import subprocess
+    import sys
+
+    from inferd.client import InferClient
+    from tests.daemon_harness import DaemonProcess
+
+    (tmp_path / "labels.txt").write_text("person\ncar\n")
+    model = blob_detector(tmp_path / "blobs.onnx")
+    config = ZONE_CONFIG.format(model=model, labels=tmp_path / "labels.txt", extra="")
+    d = DaemonProcess(tmp_path, config)
+
+    def reload(text: str) -> None:
+        for key in ("router", "pull", "results"):
+            text = text.replace("{" + key + "}", getattr(d, key))
+        d.config_path.write_text(text)
+        done = subprocess.run([sys.executable, "-m", "inferd", "reload", "--pid", str(d.proc.pid), "--timeout", "30"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    try:
+        t0 = time.time()
+        with InferClient(d.router, timeout=30) as client:
+
+            def person(k: int) -> dict:
+                r = client.infer(picture(20), model="det", source="cam0", ts=t0 + k / 10).result
+                return {**r["detections"][0], "events": [e["type"] for e in r.get("events", [])]}
+
+            first = [person(k) for k in range(5)]
+            assert first[-1]["track_id"] == 1 and first[-1]["track_age_s"] == pytest.approx(0.4)
+            assert [p["events"] for p in first] == [[], [], ["enter"], [], []]
+            reload(config + 'sources:\n  - {match: "*", policy: fifo, queue_size: 8}\n')
+            kept = person(5)
+            assert kept["track_id"] == 1 and kept["track_age_s"] == pytest.approx(0.5)
+            assert kept["events"] == ["dwell"]  # 0.5 s in the zone across the reload; no 2nd enter
+            reload(config.replace("dwell_s: 0.5", "dwell_s: 2"))
+            restarted = person(6)
+            assert restarted["track_id"] is None and "track_age_s" not in restarted
+    finally:
+        assert d.stop() == 0, d.logs()

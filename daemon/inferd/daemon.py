@@ -181,8 +181,7 @@ class Daemon:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         live_app = None
         if self.config.metrics.live_view:  # outputs/live.py, docs/live-view.md
-            colors = {m.name: m.preprocess.frame_color for m in self.config.models}
-            self.replies.live = LiveView(self.config.metrics.live_fps, colors)
+            self.replies.live = LiveView(self.config.metrics.live_fps, self.config.models)
             live_app = live_routes(self.replies.live)
         if self.config.metrics.listen:
             self.http = HttpServer(
@@ -364,6 +363,8 @@ class Daemon:
             for w in workers:
                 w.start()
         self.models = {n: self.models[n] for n in keep} | loaded
+        if self.replies.live is not None:
+            self.replies.live.configure(config.models)
         self.queues, self.config, self.base_dir, self.config_path = queues, config, base_dir, path
         for name in retired:
             if name not in queues:

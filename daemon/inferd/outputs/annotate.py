@@ -1,8 +1,9 @@
 """A frame as a picture with what the model returned drawn on it (the live view, live.py).
 
 Pillow does the drawing: boxes with label and score (and track id), keypoints, a segmentation
-mask as a translucent overlay in its class colours, a classifier's top classes as text. Runs in
-the HTTP thread of a viewer, never on the inference path.
+mask as a translucent overlay in its class colours, a classifier's top classes as text, and the
+source's zones: polygons (amber, red while occupied) with their counts, lines with an arrow to
+their `in` side and their counts. Runs in the HTTP thread of a viewer, never on the inference path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from inferd.protocol import PartSpec
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
 MASK_ALPHA = 0.45
+ZONE, ZONE_OCCUPIED = (255, 191, 0), (230, 25, 75)  # amber; red while a counted object is in it
 
 
 def picture(spec: PartSpec, data: bytes, frame_color: str = "rgb"):
@@ -41,10 +43,15 @@ def picture(spec: PartSpec, data: bytes, frame_color: str = "rgb"):
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
-def annotate(image, result: dict | None, mask_png: bytes | None = None):
-    """Draw `result` (a decoded result: detections, segmentation, classes) on `image`, in place."""
+def annotate(image, result: dict | None, mask_png: bytes | None = None, zones=()):
+    """Draw `result` (a decoded result: detections, segmentation, classes) and the source's
+    `zones` (ZoneConfig, under the boxes) on `image`, in place."""
     from PIL import ImageDraw
 
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(min(image.size) / 200))
+    if zones:
+        _zones(draw, image.size, zones, (result or {}).get("zones") or {}, width)
     if not result:
         return image
     seg = result.get("segmentation")
@@ -52,8 +59,7 @@ def annotate(image, result: dict | None, mask_png: bytes | None = None):
         mask = _mask(seg, mask_png)
         if mask is not None:
             _overlay(image, mask)
-    draw = ImageDraw.Draw(image)
-    width = max(2, round(min(image.size) / 200))
+            draw = ImageDraw.Draw(image)
     for det in result.get("detections", ()):
         colour = COLOURS[int(det.get("class", 0)) % len(COLOURS)]
         x1, y1, x2, y2 = (float(v) for v in det["box"])
@@ -90,6 +96,34 @@ def jpeg(image, quality: int = 85) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
+
+
+def _zones(draw, size: tuple[int, int], zones, state: dict, width: int) -> None:
+    """Each zone's outline in frame pixels, its name and what the result says is in it."""
+    w, h = size
+    for zone in zones:
+        scale = (w, h) if zone.units == "normalized" else (1, 1)
+        points = [(x * scale[0], y * scale[1]) for x, y in (zone.polygon or zone.line)]
+        now = state.get(zone.name) or {}
+        if zone.polygon is not None:
+            colour = ZONE_OCCUPIED if now.get("count") else ZONE
+            draw.polygon(points, outline=colour, width=width)
+            text = f"{zone.name}: {now.get('count', 0)}"
+        else:
+            colour = ZONE
+            draw.line(points, fill=colour, width=width)
+            (ax, ay), (bx, by) = points
+            length = max(((bx - ax) ** 2 + (by - ay) ** 2) ** 0.5, 1e-9)
+            nx, ny = -(by - ay) / length, (bx - ax) / length  # towards the `in` side (zones.py)
+            mx, my, arrow = (ax + bx) / 2, (ay + by) / 2, max(12.0, min(w, h) / 12)
+            tip = (mx + nx * arrow, my + ny * arrow)
+            draw.line([(mx, my), tip], fill=colour, width=width)
+            head = arrow / 3  # the arrowhead: two strokes back from the tip
+            for sx, sy in ((ny, -nx), (-ny, nx)):
+                back = (tip[0] - nx * head + sx * head / 2, tip[1] - ny * head + sy * head / 2)
+                draw.line([tip, back], fill=colour, width=width)
+            text = f"{zone.name}: in {now.get('in', 0)} / out {now.get('out', 0)}"
+        _label(draw, points[0], text, colour, above=False)
 
 
 def _label(draw, at: tuple[float, float], text: str, colour, above: bool = True) -> None:

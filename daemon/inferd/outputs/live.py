@@ -35,19 +35,31 @@ class Snapshot:
     result: dict | None
     mask_png: bytes | None
     frame_color: str
+    zones: tuple = ()  # the source's zones this model watches (ZoneConfig), drawn under the boxes
     jpeg: bytes | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class LiveView:
-    def __init__(self, fps: float, frame_colors: dict[str, str] | None = None) -> None:
+    def __init__(self, fps: float, models=()) -> None:
         self.fps = fps
-        self.frame_colors = frame_colors or {}  # model -> rgb | bgr (its preprocess.frame_color)
+        self.frame_colors: dict[str, str] = {}  # model -> rgb | bgr (its preprocess.frame_color)
+        self.zones: dict[tuple[str, str], tuple] = {}  # (model, source) -> its zones
+        self.configure(models)
         self.last: dict[tuple[str, str], tuple[float, object]] = {}  # (model, source) -> (when, result)
         self.watched: dict[tuple[str, str], float] = {}
         self.snaps: dict[tuple[str, str], Snapshot] = {}
         self.changed = threading.Condition()
         self.count = 0
+
+    def configure(self, models) -> None:
+        """The models' (ModelConfig) frame colours and zones: at the start and after a reload."""
+        zones: dict[tuple[str, str], tuple] = {}
+        for m in models:
+            for z in getattr(m.postprocess, "zones", ()):
+                zones[(m.name, z.source)] = (*zones.get((m.name, z.source), ()), z)
+        self.frame_colors = {m.name: m.preprocess.frame_color for m in models}
+        self.zones = zones
 
     # -- fed by replies (a worker thread or the IO thread) --------------------------------
     def offer(self, model: str, frame, decoded: dict | None) -> None:
@@ -82,7 +94,7 @@ class LiveView:
             self.count += 1
             self.snaps[key] = Snapshot(
                 self.count, spec, pixels, _plain(result), binaries[0] if binaries else None,
-                self.frame_colors.get(key[0], "rgb"),
+                self.frame_colors.get(key[0], "rgb"), self.zones.get(key, ()),
             )  # fmt: skip
             self.changed.notify_all()
 
@@ -102,7 +114,7 @@ class LiveView:
                 image = annotate.picture(snap.spec, snap.pixels, snap.frame_color) if snap.spec else None
                 if image is None:
                     return snap  # not a picture: the caller says so
-                snap.jpeg = annotate.jpeg(annotate.annotate(image, snap.result, snap.mask_png))
+                snap.jpeg = annotate.jpeg(annotate.annotate(image, snap.result, snap.mask_png, snap.zones))
         return snap
 
     def pairs(self) -> list[tuple[str, str, float, dict | None]]:

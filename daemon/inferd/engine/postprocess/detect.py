@@ -18,7 +18,7 @@ from inferd.engine.geometry import Geometry
 from inferd.engine.postprocess.anchors import Anchors
 from inferd.engine.postprocess.base import Decoded, label, output_index
 from inferd.engine.postprocess.nms import nms, weighted_nms
-from inferd.engine.tracking import Tracks
+from inferd.engine.tracks import Tracks
 from inferd.errors import ConfigError
 
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]  # boxes, scores, classes, kps
