@@ -123,11 +123,13 @@ def test_the_geometry_helpers():
     assert set(ANCHORS) == {"bottom_center", "center", "top_center"}
 
 
-def test_a_frame_size_is_needed_for_normalized_zones_only():
+def test_a_frame_size_is_needed_for_normalized_zones_only(caplog):
     tracker = Tracker(CFG, LABELS, [LOWER])
     for k in range(5):
         up = tracker.update(np.array([box(400, 500)]), np.array([0.9]), np.array([0]), k / 10, None)
         assert up.events == []  # no frame size: a normalized zone cannot be placed
+    said = [r.getMessage() for r in caplog.records if r.name == "inferd.zones"]
+    assert len(said) == 1 and "lower" in said[0] and "units: pixels" in said[0]  # once, with the way out
 
 
 # ---- a scene against its ground truth ----------------------------------------------------------
@@ -460,8 +462,9 @@ def test_a_served_detector_tracks_a_moving_object_through_zones(tmp_path):
         assert first["box"] == pytest.approx([20, 150, 60, 190], abs=6)  # frame pixels (5 px per model pixel)
         ids = {(r["detections"][0]["track_id"], r["detections"][1]["track_id"]) for r in results[3:]}
         assert ids == {(1, 2)} or ids == {(2, 1)}  # stable from the 3rd frame on
-        assert results[5]["zones"]["left"] == {"count": 1, "track_ids": [1]}
-        assert results[-1]["zones"] == {"left": {"count": 0, "track_ids": []}, "gate": {"in": 0, "out": 1}}
+        assert results[5]["zones"]["left"] == {"count": 1, "track_ids": [1], "labels": {"person": 1}}
+        empty = {"count": 0, "track_ids": [], "labels": {}}
+        assert results[-1]["zones"] == {"left": empty, "gate": {"in": 0, "out": 1}}
         assert sum(len(r.get("events", [])) for r in results) == 4
         moving = results[-1]["detections"][0]
         assert moving["label"] == "person" and moving["velocity"][0] > 0 and moving["track_age_s"] > 0
@@ -538,12 +541,16 @@ def test_zone_events_and_entities_reach_mqtt_and_home_assistant(tmp_path):
         out = json.loads(listener.wait(lambda m: m[0] == HA.format("sensor", "zone_gate_out"))[0][1])
         into = json.loads(listener.wait(lambda m: m[0] == HA.format("sensor", "zone_gate_in"))[0][1])
         event = json.loads(listener.wait(lambda m: m[0] == HA.format("event", "events"))[0][1])
+        people = json.loads(
+            listener.wait(lambda m: m[0] == HA.format("sensor", "zone_left_label_person"))[0][1]
+        )
         for entity, component in [(occupied, "binary_sensor"), (count, "sensor"), (out, "sensor"),
-                                  (into, "sensor"), (event, "event")]:  # fmt: skip
+                                  (into, "sensor"), (event, "event"), (people, "sensor")]:  # fmt: skip
             check_discovery_schema(entity, component)
         render = lambda entity, value: env.from_string(entity["value_template"]).render(value_json=value)  # noqa: E731
         assert (render(occupied, inside), render(occupied, states[-1])) == ("ON", "OFF")
         assert (render(count, inside), render(count, states[-1])) == ("1", "0")
+        assert (render(people, inside), render(people, states[-1])) == ("1", "0")  # the person in it
         assert (render(into, states[-1]), render(out, states[-1])) == ("0", "1")
         assert into["state_class"] == "total_increasing" and event["state_topic"] == topic + "/events"
         fired = json.loads(render(event, json.loads(events[-1][1])))
@@ -598,3 +605,38 @@ def test_a_reload_keeps_an_untouched_model_s_tracks_and_restarts_a_changed_one(t
             assert restarted["track_id"] is None and "track_age_s" not in restarted
     finally:
         assert d.stop() == 0, d.logs()
+
+
+def test_zone_entities_come_from_the_config_and_stale_ones_are_told():
+    """Home Assistant's zone entities are made from the zones configured (before any frame);
+    at a start, a retained config is stale when its zone is gone, or its label is no longer of
+    interest or no longer counted by the zone."""
+    from inferd.config import MqttConfig
+    from inferd.outputs.homeassistant import Discovery
+
+    cfg = MqttConfig.model_validate({"broker": "mqtt://127.0.0.1", "device_id": "board1",
+                                     "home_assistant": {"labels": ["person", "car"]}})  # fmt: skip
+    porch = ZoneConfig(name="porch_1", source="cam_0", polygon=[[0, 0], [1, 0], [1, 1]], labels=["person"])
+    gate = ZoneConfig(name="gate", source="cam_0", line=[[0.5, 0], [0.5, 1]])
+    discovery = Discovery(
+        None, cfg, "inferd/board1/status", {"det"}, {("det", "cam_0"): {"porch_1": porch, "gate": gate}}
+    )
+    topics = sorted(discovery.entities("det", "cam_0", {"detections": []}))
+    zone = [t.split("/")[-2].split("_", 2)[2] for t in topics if "_zone_" in t]
+    assert sorted(zone) == ["zone_gate_in", "zone_gate_out", "zone_porch-5f1", "zone_porch-5f1_count",
+                            "zone_porch-5f1_label_person"]  # no car count: the zone counts people only  # fmt: skip
+    assert any(t.startswith("homeassistant/event/") for t in topics)
+    assert not any(discovery.stale(t) for t in topics)
+    car = "homeassistant/sensor/inferd_board1/det_cam-5f0_zone_porch-5f1_label_car/config"
+    assert discovery.stale(car)  # a label the zone does not count
+    discovery.ha = discovery.ha.model_copy(update={"labels": ["car"]})
+    assert [t for t in topics if discovery.stale(t)] == [
+        t
+        for t in topics
+        if t.endswith("_person/config")  # the label's own binary sensor too
+    ]
+    discovery.ha = discovery.ha.model_copy(update={"labels": ["person", "car"]})
+    discovery._zones({("det", "cam_0"): {"gate": gate}})  # the porch removed
+    assert {t for t in topics if discovery.stale(t)} == {t for t in topics if "porch" in t}
+    discovery._zones({})
+    assert all(discovery.stale(t) for t in topics if "_zone_" in t or "/event/" in t)

@@ -16,6 +16,7 @@ from inferd.config import Config, ModelConfig, load_config
 from inferd.engine.models import Model, file_sha256, load_instances, log_failure, resolve_path
 from inferd.engine.pipeline import ModelQueue, SourcePolicies, Worker
 from inferd.engine.procs import Hub, RemoteModel, WorkerPool
+from inferd.engine.zones import ZoneConfig
 from inferd.errors import InferdError, ModelLoadError
 from inferd.ingest.routing import Dispatcher
 from inferd.ingest.security import Authenticator
@@ -38,13 +39,12 @@ def raw_models(config: Config) -> set[str]:
     return {m.name for m in config.models if m.postprocess.type == "raw"}
 
 
-def zone_layout(config: Config) -> dict[tuple[str, str], dict[str, dict]]:
-    """(model, source) -> the summary of its zones before any object (as results give it)."""
-    out: dict[tuple[str, str], dict[str, dict]] = {}
+def zone_layout(config: Config) -> dict[tuple[str, str], dict[str, ZoneConfig]]:
+    """(model, source) -> its zones by name: what Home Assistant's zone entities are made from."""
+    out: dict[tuple[str, str], dict[str, ZoneConfig]] = {}
     for m in config.models:
         for z in getattr(m.postprocess, "zones", ()):
-            empty = {"count": 0, "track_ids": []} if z.polygon is not None else {"in": 0, "out": 0}
-            out.setdefault((m.name, z.source), {})[z.name] = empty
+            out.setdefault((m.name, z.source), {})[z.name] = z
     return out
 
 

@@ -207,9 +207,9 @@ def documented_ids(device: str, entities: list[tuple[str, str, str]]) -> set[str
         return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
     out = set()
-    for kind, model, source, *label in entities:  # label: a label, or a zone's name
-        part = label[0] if label else ""
-        names = {"DEVICE": device, "MODEL": model, "SOURCE": source, "LABEL": part, "ZONE": part}
+    for kind, model, source, *rest in entities:  # rest: a label, a zone, or a zone and a label
+        zone, label = (rest[0], rest[-1]) if rest else ("", "")
+        names = {"DEVICE": device, "MODEL": model, "SOURCE": source, "LABEL": label, "ZONE": zone}
         out.add(
             re.sub(
                 r"DEVICE|MODEL|SOURCE|LABEL|ZONE",
@@ -340,6 +340,7 @@ def test_home_assistant_shows_zones_and_their_events(tmp_path):
 
     occupied = one("zone occupancy binary sensor", "det", "cam0", "left")
     count = one("zone count sensor", "det", "cam0", "left")
+    people = one("zone label count sensor", "det", "cam0", "left", "person")
     crossed_in = one("line in counter", "det", "cam0", "gate")
     crossed_out = one("line out counter", "det", "cam0", "gate")
     event = one("zone event", "det", "cam0")
@@ -370,12 +371,14 @@ def test_home_assistant_shows_zones_and_their_events(tmp_path):
             send(range(1))
             ha.until(lambda: ha.state(objects) == "2", "the first state", 30)  # a person and a car
             send(range(1, 4))  # confirmed on the 3rd frame: enter
-            ha.until(lambda: fired("enter") and ha.shows({occupied: "on", count: "1"}), "enter", 30)
+            ha.until(
+                lambda: fired("enter") and ha.shows({occupied: "on", count: "1", people: "1"}), "enter", 30
+            )
             send(range(4, 8))  # 0.5 s in the zone: dwell
             ha.until(lambda: fired("dwell"), "dwell", 30)
             send(range(8, len(xs)))  # out of the zone (leave), over the line: cross out
             ha.until(lambda: fired("cross"), "cross", 30)
-        final = {occupied: "off", count: "0", crossed_in: "0", crossed_out: "1"}
+        final = {occupied: "off", count: "0", people: "0", crossed_in: "0", crossed_out: "1"}
         ha.until(lambda: ha.shows(final), f"{final}", 30)
         attributes = ha.entity(event)["attributes"]
         assert (
@@ -384,7 +387,7 @@ def test_home_assistant_shows_zones_and_their_events(tmp_path):
         assert set(attributes["event_types"]) == {"enter", "leave", "dwell", "cross"}
         ours = ha.states("sensor.inferd_board1_") | ha.states("binary_sensor.inferd_board1_")
         ours |= ha.states("event.inferd_board1_")
-        assert {occupied, count, crossed_in, crossed_out, event} <= set(ours), ours
+        assert {occupied, count, people, crossed_in, crossed_out, event} <= set(ours), ours
     finally:
         if d is not None:
             d.stop()

@@ -141,6 +141,10 @@ class Tracker:
         """Each live track's id (-1: tentative)."""
         return self._a["id"]
 
+    def summary(self) -> dict[str, dict] | None:
+        """What is in each zone now (ZoneState.summary); None without zones."""
+        return self.zones.summary(self._a["id"], self._a["cls"]) if self.zones is not None else None
+
     def update(
         self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, t: float,
         frame: tuple[int, int] | None = None,

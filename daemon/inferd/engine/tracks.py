@@ -48,7 +48,7 @@ class Tracks:
             if tracker is None:
                 tracker = self.by_source[source] = Tracker(self.cfg, self.labels, self.zones.get(source))
             up = tracker.annotate(detections, now if ts is None else ts, frame)
-            summary = tracker.zones.summary(tracker.ids) if tracker.zones is not None else None
+            summary = tracker.summary()
             self.last[source] = now  # idleness in this process's clock: sources' own clocks differ
             self._calls += 1
             if self._calls % 256 == 0:

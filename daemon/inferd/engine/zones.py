@@ -21,6 +21,7 @@ track's frames count towards a change, and its events come when it is confirmed.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Literal
 
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from inferd.engine.shapes import ANCHORS, crossings, cuts, edges
 
+log = logging.getLogger("inferd.zones")
 Point = tuple[float, float]
 Found = tuple[str, str, int, dict]  # an event as ZoneState finds it: type, zone, row index, extra fields
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -107,6 +109,7 @@ class ZoneState:
         self._line_ends = np.zeros((0, 2, 2))  # [lines, 2, 2] in frame pixels
         self._line_streaks = False
         self._line_anchor = np.array([ANCHORS[z.anchor] for z in self.lines]).reshape(-1, 2)
+        self._warned = False  # frames without a size said once
         self._dwells = bool(np.isfinite(self.dwell).any())
         self._streaks = False  # whether a polygon's streak may be under way (else no reset to do)
         self._poly_ok = self._label_table(self.polys)
@@ -172,7 +175,16 @@ class ZoneState:
         boxes [k, 4] in frame pixels and classes, at tracker time `t`: the events this frame decides,
         as (type, zone, k, extra) with k an index into `rows`."""
         geo = self._geometry(frame)
-        if geo is None or not len(rows):
+        if geo is None:
+            if not self._warned:  # a tensor frame: no picture, so no size to place the zones on
+                self._warned = True
+                names = ", ".join(z.name for z in self.polys + self.lines)
+                log.warning(
+                    "zones %s: normalized, but the frames carry no picture size (tensor frames): "
+                    "they stay empty (give them in pixels: units: pixels)", names,
+                )  # fmt: skip
+            return []
+        if not len(rows):
             return []
         p = len(self.polys)
         found = self._polygons(rows, ids >= 0, boxes, cls, geo[:p], t) if p else []
@@ -187,14 +199,20 @@ class ZoneState:
         return [("leave", self.polys[j].name, k, {"duration_s": round(float(last[k] - since[k, j]), 3)})
                 for k, j in zip(*np.nonzero(self.a["in"][idx]), strict=True)]  # fmt: skip
 
-    def summary(self, ids: np.ndarray) -> dict[str, dict]:
-        """Per polygon the confirmed tracks in it (count, ids); per line the crossings so far."""
+    def summary(self, ids: np.ndarray, classes: np.ndarray) -> dict[str, dict]:
+        """Per polygon the confirmed tracks in it (count, ids, count per label); per line the
+        crossings so far."""
         out: dict[str, dict] = {}
         if self.polys:
             inn = self.a["in"] & (ids >= 0)[:, None]
+            names = self.labels or []
             for j, z in enumerate(self.polys):
                 members = ids[inn[:, j]].tolist()
-                out[z.name] = {"count": len(members), "track_ids": members}
+                labels: dict[str, int] = {}
+                for c in classes[inn[:, j]].tolist():
+                    name = names[c] if 0 <= c < len(names) else str(c)
+                    labels[name] = labels.get(name, 0) + 1
+                out[z.name] = {"count": len(members), "track_ids": members, "labels": labels}
         for j, z in enumerate(self.lines):
             out[z.name] = {"in": int(self.crossed[j, 0]), "out": int(self.crossed[j, 1])}
         return out

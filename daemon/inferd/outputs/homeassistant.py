@@ -52,7 +52,7 @@ def _name(part: str) -> str:
 class Discovery:
     def __init__(
         self, client, cfg: MqttConfig, status_topic: str, models: set[str] | None = None,
-        zones: dict[tuple[str, str], dict[str, dict]] | None = None,
+        zones: dict[tuple[str, str], dict] | None = None,
     ) -> None:  # fmt: skip
         self.client, self.cfg, self.status_topic = client, cfg, status_topic
         self.ha = cfg.home_assistant
@@ -68,8 +68,8 @@ class Discovery:
         self.node = f"inferd_{cfg.device_id}"
         self.birth_topic = self.ha.birth_topic or f"{self.ha.discovery_prefix}/status"
 
-    def _zones(self, layout: dict[tuple[str, str], dict[str, dict]]) -> None:
-        """`layout`: (model, source) -> each zone's empty summary (daemon.zone_layout): their
+    def _zones(self, layout: dict[tuple[str, str], dict]) -> None:
+        """`layout`: (model, source) -> its zones (ZoneConfig) by name (daemon.zone_layout): their
         entities are known before any frame, and other zones' entities are stale."""
         self.layout = layout
         self.zones = {(model, source, zone) for (model, source), zs in layout.items() for zone in zs}
@@ -125,19 +125,20 @@ class Discovery:
                 if label == "person":
                     sensor["device_class"] = "occupancy"
                 out[f"{prefix}/binary_sensor/{node}/{_id(model)}_{_id(source)}_{_id(label)}/config"] = sensor
-            if "zones" in result:
-                out.update(self._zone_entities(model, source, result["zones"], common))
+            if (model, source) in self.layout:
+                out.update(self._zone_entities(model, source, common))
         return out
 
-    def _zone_entities(self, model: str, source: str, zones: dict, common: dict) -> dict[str, dict]:
-        """A tracked model's zone entities on one source, and its event entity."""
+    def _zone_entities(self, model: str, source: str, common: dict) -> dict[str, dict]:
+        """A tracked model's zone entities on one source, and its event entity: per polygon its
+        occupancy, its count and a count per label of interest it counts; per line in and out."""
         prefix, node, dev = self.ha.discovery_prefix, self.node, self.cfg.device_id
         base = f"{_id(model)}_{_id(source)}_zone"
         out: dict[str, dict] = {}
-        for zone, state in zones.items():
+        for zone, cfg in self.layout[(model, source)].items():
             z, key = _id(zone), json.dumps(zone)
             uid = f"inferd_{dev}_{base}_{z}"
-            if "count" in state:
+            if cfg.polygon is not None:
                 out[f"{prefix}/binary_sensor/{node}/{base}_{z}/config"] = {
                     **common, "name": f"{zone} occupied ({source})", "unique_id": uid,
                     "device_class": "occupancy", "payload_on": "ON", "payload_off": "OFF",
@@ -148,6 +149,15 @@ class Discovery:
                     "state_class": "measurement", "icon": "mdi:counter",
                     "value_template": f"{{{{ value_json.zones[{key}].count }}}}",
                 }  # fmt: skip
+                for label in self.ha.labels:
+                    if cfg.labels is None or label in cfg.labels:
+                        lid, name = _id(label), json.dumps(label)
+                        out[f"{prefix}/sensor/{node}/{base}_{z}_label_{lid}/config"] = {
+                            **common, "name": f"{zone} {label} objects ({source})",
+                            "unique_id": f"{uid}_label_{lid}", "state_class": "measurement",
+                            "icon": "mdi:counter",
+                            "value_template": f"{{{{ value_json.zones[{key}].labels.get({name}, 0) }}}}",
+                        }  # fmt: skip
             else:
                 for way in ("in", "out"):
                     out[f"{prefix}/sensor/{node}/{base}_{z}_{way}/config"] = {
@@ -194,11 +204,9 @@ class Discovery:
         """The lock held: the entities of the sources that zones are drawn on, announced before
         their first frame, so that Home Assistant has subscribed to their events by then (events
         are not retained: one published before it subscribes never reaches it)."""
-        for (model, source), zones in self.layout.items():
+        for model, source in self.layout:
             if (model, source) not in self._seen:
-                self._publish(
-                    (model, source), self.entities(model, source, {"detections": [], "zones": zones})
-                )
+                self._publish((model, source), self.entities(model, source, {"detections": []}))
 
     def _announce(self) -> None:
         """Every config announced so far, again (the lock held)."""
@@ -262,7 +270,13 @@ class Discovery:
         if _name(ids[0]) not in self.models:
             return True
         if len(ids) >= 4 and ids[2] == "zone":
-            return (_name(ids[0]), _name(ids[1]), _name(ids[3])) not in self.zones
+            zone = self.layout.get((_name(ids[0]), _name(ids[1])), {}).get(_name(ids[3]))
+            if zone is None:
+                return True
+            if len(ids) == 6 and ids[4] == "label":  # a label's count: still of interest, still counted
+                label = _name(ids[5])
+                return label not in self.ha.labels or (zone.labels is not None and label not in zone.labels)
+            return False
         if component == "event":
             return not any(z[:2] == (_name(ids[0]), _name(ids[1])) for z in self.zones)
         return component == "binary_sensor" and len(ids) == 3 and _name(ids[2]) not in self.ha.labels

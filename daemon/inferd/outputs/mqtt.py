@@ -60,7 +60,8 @@ def fingerprint(result: dict) -> Any:
             key = d["label"] if d["label"] is not None else d["class"]
             counts[key] = counts.get(key, 0) + 1
         zones = tuple(
-            (z, s.get("count"), s.get("in"), s.get("out")) for z, s in result.get("zones", {}).items()
+            (z, s.get("count"), s.get("in"), s.get("out"), tuple(sorted(s.get("labels", {}).items())))
+            for z, s in result.get("zones", {}).items()
         )
         return tuple(sorted(counts.items(), key=str)), zones
     if "segmentation" in result:
