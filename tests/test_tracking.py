@@ -378,3 +378,21 @@ endpoints:
             assert all(f == ids[0] for f in ids) and sorted(ids[0].values()) == [1, 2]  # stable
     finally:
         assert d.stop() == 0, d.logs()
+
+
+def test_a_model_s_trackers_forget_silent_sources():
+    """Memory stays bounded with many sources over a long run: a source silent for IDLE_S (of
+    this process's clock, whatever the frames' own timestamps) loses its tracker."""
+    from inferd.engine.tracks import Tracks
+
+    now = [0.0]
+    tracks = Tracks(TrackConfig(), ["person"], clock=lambda: now[0])
+    det = {"box": box(100, 100), "score": 0.9, "class": 0, "label": "person"}
+    for k in range(300):  # 300 cameras seen once
+        tracks(f"cam{k}", [dict(det)], ts=1000.0)
+    assert len(tracks.by_source) == 300
+    now[0] = Tracks.IDLE_S + 1  # a minute later only cam0 still sends
+    for k in range(256):
+        result = tracks("cam0", [dict(det)], ts=1000.0 + k / 30)
+    assert set(tracks.by_source) == set(tracks.last) == {"cam0"}
+    assert result.tracks == 1 and result.zones is None and result.events == []
