@@ -14,7 +14,7 @@ trap 'kill_recorded_qemus "$QEMU_DIR/build/run" >/dev/null' EXIT
 rm -rf "$QEMU_DIR/build/artifacts" && mkdir -p "$QEMU_DIR/build/artifacts"
 say "booting arm64 (TCG: ~30 s to ssh), installing ${QEMU_INSTALL:-deb}, pytest -m qemu qemu/tests/test_system.py"
 tests() {
-    cd "$REPO" && "$PY" -m pytest -p no:cacheprovider -m qemu -v -s -o timeout=1500 \
+    cd "$REPO" && "$PY" -m pytest -p no:cacheprovider -m qemu -v -s -o timeout=1500 --durations=0 \
         "$QEMU_DIR/tests/test_system.py" "$@"
 }
 timed "test-system (boot + install + e2e)" tests "$@"

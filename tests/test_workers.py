@@ -233,6 +233,39 @@ def test_a_stopped_idle_worker_is_noticed_and_replaced(daemon):
             assert client.infer(TENSOR, model="cls", source=f"x{i}").ok
 
 
+def test_a_replacement_still_loading_its_model_keeps_the_daemon_healthy(daemon):
+    """On a slow board a restarted worker takes seconds to load its model: that is not a stalled
+    loop. /healthz (and with it the systemd watchdog) stays healthy while it loads; it serves
+    once it says hello. (Found under qemu: a replacement 12 s in loading tripped the watchdog.)"""
+    old = set(workers_of(daemon, "cls"))
+    restarts = daemon.metric("inferd_worker_restarts_total", model="cls")
+    os.kill(min(old), signal.SIGKILL)
+    end = time.monotonic() + 30
+    while not (fresh := set(workers_of(daemon, "cls")) - old):  # caught while Python starts up
+        assert time.monotonic() < end, "no replacement was started"
+        time.sleep(0.002)
+    loader = fresh.pop()
+    os.kill(loader, signal.SIGSTOP)
+    try:
+        daemon.wait_metric("inferd_worker_restarts_total", restarts + 1, model="cls")
+        assert daemon.probe("/readyz")[1]["models"]["cls"]["workers"]["serving"] == 1
+        for _ in range(8):  # longer than the 5 s after which a worker that does not turn is stalled
+            code, body = daemon.probe("/healthz")
+            assert code == 200, body
+            time.sleep(1.0)
+    finally:
+        os.kill(loader, signal.SIGCONT)
+    end = time.monotonic() + 60
+    while daemon.probe("/readyz")[1]["models"]["cls"]["workers"]["serving"] != 2:
+        assert time.monotonic() < end, daemon.logs()[-2000:]
+        time.sleep(0.1)
+    assert loader in workers_of(daemon, "cls")  # the same process: loading is not killed
+    with InferClient(daemon.router, timeout=30) as client:
+        for i in range(4):
+            assert client.infer(TENSOR, model="cls", source=f"slow{i}").ok
+    assert daemon.probe("/healthz")[0] == 200
+
+
 def test_reload_replaces_worker_processes(tmp_path):
     d = start(tmp_path)
     try:

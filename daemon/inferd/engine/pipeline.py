@@ -264,6 +264,7 @@ class Worker(threading.Thread):
         self.current: list[Frame] = []  # the frames being processed
         self.abandoned = False  # set at shutdown when the current frames were already answered
         self.last_progress = time.monotonic()
+        self.loading = False  # its model is loaded before it starts (a worker process may be loading)
         batching = model.cfg.batching
         self.max_batch, self.max_delay = batching.max_batch, batching.max_delay_ms / 1000
         m = model.name

@@ -108,6 +108,11 @@ class WorkerProcess:
     def is_alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def loading(self) -> bool:
+        """Started and not yet said hello: loading its model (slow boards, big models: not a stall)."""
+        return not self.connected and self.is_alive()
+
     def spawn(self) -> int:
         """Start the process; the read end of its ready pipe."""
         self.identity = f"{self.name}.{next(_lives)}".encode()
@@ -125,7 +130,7 @@ class WorkerProcess:
             )  # fmt: skip
         finally:
             os.close(write_fd)
-        self.started = time.monotonic()
+        self.started = self.last_progress = time.monotonic()
         return read_fd
 
     def send(self, sock: zmq.Socket, frame: Frame, how: int, header: bytes) -> None:
@@ -293,6 +298,8 @@ class WorkerPool:
                     self._kill(w, f"hung in one inference for {now - busy:.1f} s")
                 elif busy is None and w.connected and now - w.last_progress > SILENT_S:
                     self._kill(w, f"silent for {now - w.last_progress:.1f} s while idle (stopped?)")
+                elif not w.connected and now - w.started > START_TIMEOUT_S:
+                    self._kill(w, f"did not load its model within {START_TIMEOUT_S:g} s")
             if w.proc is not None and w.proc.poll() is not None:
                 self.died(w, now)
             if w.proc is None and w.restart_at is not None and now >= w.restart_at and not self.stopping:

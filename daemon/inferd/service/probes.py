@@ -60,7 +60,7 @@ class Probes:
                 problems.append(f"model {w.model.name} stuck in one inference for {now - busy:.1f} s")
             elif w.ident is not None and not w.is_alive() and not w.queue.closed:
                 problems.append(f"worker {w.name} died")
-            elif busy is None and w.is_alive() and now - w.last_progress > 5.0:
+            elif busy is None and w.is_alive() and not w.loading and now - w.last_progress > 5.0:
                 problems.append(f"worker {w.name} loop stalled for {now - w.last_progress:.1f} s")
         body = {"status": "ok" if not problems else "unhealthy", "problems": problems}
         sink = self.d.replies.sink
