@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import tempfile
 import threading
@@ -116,8 +117,14 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
         else:
             errors[r.reason or "?"] += 1
 
+    # Ctrl-C sets a flag instead of raising: a KeyboardInterrupt raised while a ZeroMQ message is
+    # freed (in Cython's __dealloc__) is printed and dropped by Python, and the demo ran on
+    interrupted = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        while duration is None or time.monotonic() - start < duration:
+        while not interrupted.is_set() and (duration is None or time.monotonic() - start < duration):
             with contextlib.suppress(RequestTimeout):
                 take(sub.recv(timeout=0.5), time.monotonic())
             now = time.monotonic()
@@ -134,6 +141,8 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
     except KeyboardInterrupt:
         pass
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         stop.set()
         for c in cams:
             c.join(2)
