@@ -241,10 +241,13 @@ def test_a_replacement_still_loading_its_model_keeps_the_daemon_healthy(daemon):
     def serving() -> int:
         return daemon.probe("/readyz")[1]["models"]["cls"]["workers"]["serving"]
 
-    end = time.monotonic() + 60
-    while serving() != 2:  # an earlier test's replacement may still be loading
-        assert time.monotonic() < end, daemon.logs()[-2000:]
-        time.sleep(0.1)
+    def until_both_serve() -> None:
+        end = time.monotonic() + 60
+        while serving() != 2:
+            assert time.monotonic() < end, daemon.logs()[-2000:]
+            time.sleep(0.1)
+
+    until_both_serve()  # an earlier test's replacement may still be loading
     old = set(workers_of(daemon, "cls"))
     restarts = daemon.metric("inferd_worker_restarts_total", model="cls")
     os.kill(min(old), signal.SIGKILL)
@@ -263,10 +266,7 @@ def test_a_replacement_still_loading_its_model_keeps_the_daemon_healthy(daemon):
             time.sleep(1.0)
     finally:
         os.kill(loader, signal.SIGCONT)
-    end = time.monotonic() + 60
-    while serving() != 2:
-        assert time.monotonic() < end, daemon.logs()[-2000:]
-        time.sleep(0.1)
+    until_both_serve()
     assert loader in workers_of(daemon, "cls")  # the same process: loading is not killed
     with InferClient(daemon.router, timeout=30) as client:
         for i in range(4):
@@ -295,6 +295,43 @@ def test_reload_replaces_worker_processes(tmp_path):
         with InferClient(d.router, timeout=30) as client:
             for i in range(6):
                 assert client.infer(TENSOR, model="cls", source=f"r{i}").ok
+    finally:
+        assert d.stop() == 0, d.logs()
+
+
+def test_a_reload_whose_workers_load_slowly_keeps_them(tmp_path):
+    """A reload's new workers say hello before their pool is in service (their hellos wait, the
+    ready pipes decide); the pool must not then judge them silent by how long the slowest one took
+    to load: one new worker is held (SIGSTOP) 7 s while loading, and every new worker stays."""
+    d = start(tmp_path)
+    try:
+        old = set(workers_of(d, "cls"))
+        d.config_path.write_text(
+            d.config_path.read_text().replace(
+                'classifier_int8.onnx", instances: 2', 'classifier_int8.onnx", instances: 3', 1
+            )
+        )
+        d.proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 30
+        while not (fresh := set(workers_of(d, "cls")) - old):
+            assert time.monotonic() < end, d.logs()
+            time.sleep(0.002)
+        slow = min(fresh)
+        os.kill(slow, signal.SIGSTOP)
+        time.sleep(7.0)
+        os.kill(slow, signal.SIGCONT)
+        end = time.monotonic() + 60
+        while "reloaded" not in d.logs():
+            assert time.monotonic() < end, d.logs()
+            time.sleep(0.05)
+        end = time.monotonic() + 30
+        while len(new := set(workers_of(d, "cls"))) != 3 or new & old:  # the old ones retire
+            assert time.monotonic() < end, (old, new)
+            time.sleep(0.05)
+        assert slow in new
+        time.sleep(3.0)  # several heartbeats and sweeps later: the same three
+        assert set(workers_of(d, "cls")) == new, d.logs()[-3000:]
+        assert "silent for" not in d.logs()
     finally:
         assert d.stop() == 0, d.logs()
 

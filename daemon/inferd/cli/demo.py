@@ -120,8 +120,8 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
     # Ctrl-C sets a flag instead of raising: a KeyboardInterrupt raised while a ZeroMQ message is
     # freed (in Cython's __dealloc__) is printed and dropped by Python, and the demo ran on
     interrupted = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
+    handles_sigint = threading.current_thread() is threading.main_thread()
+    if handles_sigint:
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
         while not interrupted.is_set() and (duration is None or time.monotonic() - start < duration):
@@ -141,7 +141,7 @@ def run_demo(config_path: Path | None, sources: int, fps: float, duration: float
     except KeyboardInterrupt:
         pass
     finally:
-        if previous is not None:
+        if handles_sigint:
             signal.signal(signal.SIGINT, previous)
         stop.set()
         for c in cams:

@@ -130,7 +130,7 @@ class WorkerProcess:
             )  # fmt: skip
         finally:
             os.close(write_fd)
-        self.started = self.last_progress = time.monotonic()
+        self.started = time.monotonic()
         return read_fd
 
     def send(self, sock: zmq.Socket, frame: Frame, how: int, header: bytes) -> None:
@@ -367,6 +367,7 @@ class Hub:
             if w.identity in self._early:
                 self._early.discard(w.identity)
                 w.connected = True
+                w.last_progress = time.monotonic()  # its hello is its first word: not silent since load
 
     def remove(self, pool: WorkerPool) -> None:
         if pool in self.pools:
