@@ -7,8 +7,11 @@ bouncing off its edges, crossing each other; 2 px of jitter, 5 % missed, scores 
 of them low), 1 false positive a frame; 30 fps; 100 frames to warm up, then 1000 timed one by one,
 the best of 3 runs (the machine is shared: other load only adds time). The CPU time per frame
 (time.thread_time) is the cost; the wall time adds whatever else the cores were doing. Then the
-same with zones (engine/zones.py): 4 polygons and 2 lines over the frame, every object in one or
-two of them, events firing as they move.
+same with zones (engine/zones.py): issue #25's example (a driveway polygon for two labels with a
+dwell, a gate line), and 4 polygons and 2 lines over the frame, every object in one or two of them,
+events firing as they move. Last, the whole of what a detect model's worker does per frame for
+tracking (engine/tracks.py: the detections as dicts in, ids, ages and velocities written on them,
+the zones' summary and the events out) for 30 objects and the six zones.
 
     .venv/bin/python -m benchmarks.tracking [--frames 1000]
 """
@@ -23,7 +26,8 @@ import numpy as np
 from benchmarks.common import percentiles, save
 from inferd.engine import tracking
 from inferd.engine.tracking import TrackConfig, Tracker
-from inferd.engine.tracking_solver import assign, greedy, hungarian
+from inferd.engine.tracking_solver import assign, greedy, hungarian, one_to_one
+from inferd.engine.tracks import Tracks
 from inferd.engine.zones import ZoneConfig
 from tests import scenes
 
@@ -38,6 +42,13 @@ ZONES = [  # normalized: four quadrant-ish polygons (one a concave L) and two li
     ZoneConfig(name="v", source="s", line=[[0.5, 0], [0.5, 1]]),
     ZoneConfig(name="h", source="s", line=[[0.1, 0.5], [0.9, 0.5]]),
 ]
+
+
+EXAMPLE = [  # issue #25's: a polygon over the lower part of the frame, a line down the middle
+    ZoneConfig(name="driveway", source="s", polygon=[[0.1, 0.5], [0.9, 0.5], [0.9, 1.0], [0.1, 1.0]],
+               labels=["person", "car"], dwell_s=5),
+    ZoneConfig(name="gate", source="s", line=[[0.5, 0.0], [0.5, 1.0]]),
+]  # fmt: skip
 
 
 def frames(n: int, count: int, seed: int = 0) -> list[tuple]:
@@ -79,6 +90,26 @@ def per_frame(n: int, count: int, runs: int = 3, zones: list[ZoneConfig] | None 
             "events_per_frame": round(events / count, 2)}  # fmt: skip
 
 
+def full_path(n: int, count: int, runs: int = 3) -> dict:
+    """CPU per frame of engine/tracks.py's call, as the detect postprocess makes it: detection
+    dicts in (box, score, class, label), track ids, ages and velocities set on them, the zones'
+    summary and events out; the six zones."""
+    data, cpu, size = frames(n, count + 100), [], (int(SIZE[0]), int(SIZE[1]))
+    labels = ["person", "car", "dog"]
+    for _ in range(runs):
+        tracks = Tracks(TrackConfig(), labels, ZONES)
+        todo = [(t, [{"box": bx, "score": sc, "class": c, "label": labels[c]}
+                     for bx, sc, c in zip(b.tolist(), s.tolist(), cls.tolist(), strict=True)])
+                for t, b, s, cls in data]  # fmt: skip
+        for t, dets in todo[:100]:
+            tracks("s", dets, size, t)
+        c0 = time.thread_time()
+        for t, dets in todo[100:]:
+            tracks("s", dets, size, t)
+        cpu.append((time.thread_time() - c0) / count)
+    return {"objects": n, "zones": len(ZONES), "cpu_ms": round(min(cpu) * 1000, 4), "runs": runs}
+
+
 def solver_cost(repeat: int = 200) -> dict:
     """Microseconds per call: on the stage-1 weight matrices a tracker really meets, and the worst
     case (a dense random matrix, every pair a candidate)."""
@@ -86,18 +117,18 @@ def solver_cost(repeat: int = 200) -> dict:
     for n in (30, 100):
         mats: list[np.ndarray] = []
 
-        def recording(w: np.ndarray, mats=mats) -> tuple:
+        def recording(w: np.ndarray, mats=mats) -> tuple | None:
             mats.append(w.copy())
-            return assign(w)
+            return one_to_one(w)
 
-        tracking.assign = recording
+        tracking.one_to_one = recording  # the whole frame's weights, before the stages
         try:
             tracker = Tracker(TrackConfig())
             for t, b, s, c in frames(n, 300, seed=1):
                 tracker.update(b, s, c, t)
         finally:
-            tracking.assign = assign
-        mats = [m for m in mats if m.shape[0] >= n // 2]  # stage 1 (the high-score rows)
+            tracking.one_to_one = one_to_one
+        mats = [m for m in mats if m.shape[0] >= n // 2]
         rng = np.random.default_rng(n)
         dense = [-rng.random((n, n)) for _ in range(max(repeat // n, 3))]
         for name, fn, cases in (("assign_tracking", assign, mats), ("greedy_tracking", greedy, mats),
@@ -150,18 +181,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=1000)
     args = parser.parse_args()
-    cost = [per_frame(n, args.frames, zones=z) for n in (10, 30, 100) for z in (None, ZONES)]
+    cost = [per_frame(n, args.frames, zones=z) for n in (10, 30, 100) for z in (None, EXAMPLE, ZONES)]
     for row in cost:
         what = f"+ {row['zones']} zones ({row['events_per_frame']} events a frame)" if row["zones"] else ""
         print(f"{row['objects']:4d} objects {what}: {row['cpu_ms']:.3f} ms CPU a frame; wall {row['mean_ms']:.3f} ms "
               f"(p50 {row['p50_ms']:.3f}, p99 {row['p99_ms']:.3f})")  # fmt: skip
+    full = full_path(30, args.frames)
+    print(
+        f"  30 objects, engine/tracks.py with dicts + {full['zones']} zones: {full['cpu_ms']:.3f} ms CPU a frame"
+    )
     solver = solver_cost()
     for k, v in solver.items():
         print(f"{k}: {v} us")
     acc = accuracy()
     for name, row in acc.items():
         print(name, row)
-    print(save("tracking", {"per_frame": cost, "solver": solver, "accuracy": acc}))
+    print(save("tracking", {"per_frame": cost, "full_path": full, "solver": solver, "accuracy": acc}))
 
 
 if __name__ == "__main__":

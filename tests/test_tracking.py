@@ -236,6 +236,21 @@ def test_hungarian_matches_scipy_on_dense_matrices():
         assert cost[np.arange(n), hungarian(cost)].sum() == pytest.approx(cost[rows, cols].sum())
 
 
+def test_assign_is_optimal_where_many_boxes_compete():
+    """Larger sparse matrices (a crowd: several groups of competing boxes, some bigger than 2x2)
+    against scipy's solver on the same weights."""
+    optimize = pytest.importorskip("scipy.optimize")  # motmetrics brings it (test-only)
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        n, m = rng.integers(5, 40, 2)
+        weight = rng.uniform(-1, 1, (n, m)) * (rng.random((n, m)) < 4 / max(n, m))
+        r, c = assign(weight)
+        assert len(set(r.tolist())) == len(r) and len(set(c.tolist())) == len(c)
+        assert (weight[r, c] > 0).all()
+        rows, cols = optimize.linear_sum_assignment(np.maximum(weight, 0), maximize=True)
+        assert weight[r, c].sum() == pytest.approx(np.maximum(weight, 0)[rows, cols].sum())
+
+
 def test_greedy_can_be_worse_than_assign():
     weight = np.array([[0.5, 0.4], [0.45, 0.0]])  # greedy takes 0.5, leaving 0; best is 0.4 + 0.45
     assert weight[greedy(weight)].sum() == pytest.approx(0.5)
@@ -249,13 +264,16 @@ def test_iou_matrix():
 
 
 def test_the_filter_is_bytetracks_dense_filter():
-    """kalman.py keeps 3 numbers per coordinate; a dense 8x8 filter (ByteTrack's form) agrees."""
+    """kalman.py keeps 3 numbers per coordinate, one column per box; a dense 8x8 filter (ByteTrack's
+    form) agrees."""
     rng = np.random.default_rng(3)
     z = np.c_[rng.uniform(0, 500, (4, 2)), rng.uniform(0.3, 2, 4), rng.uniform(20, 200, 4)]
-    x = kalman.initiate(z)
-    m, p = x[:, :8].copy(), np.zeros((4, 8, 8))
+    x = np.full((kalman.ROWS, 4), np.nan)
+    kalman.initiate(z.T, x)
+    assert (x[kalman.WIDTH] == 1).all()  # the row of ones
+    m, p = x[:8].T.copy(), np.zeros((4, 8, 8))
     i = np.arange(4)
-    p[:, i, i], p[:, i + 4, i + 4] = x[:, 8:12], x[:, 16:20]
+    p[:, i, i], p[:, i + 4, i + 4] = x[8:12].T, x[16:20].T
 
     def std(h, pos, a):
         return np.stack([pos * h, pos * h, np.full_like(h, a), pos * h], axis=1)
@@ -274,10 +292,12 @@ def test_the_filter_is_bytetracks_dense_filter():
         gain = np.linalg.solve(s, p[:, :4, :]).transpose(0, 2, 1)
         m = m + np.einsum("nij,nj->ni", gain, measured - m[:, :4])
         p = p - gain @ p[:, :4, :]
-        x = kalman.update(x, measured)
-        assert x[:, :8] == pytest.approx(m)
-        assert x[:, 8:12] == pytest.approx(p[:, i, i]) and x[:, 12:16] == pytest.approx(p[:, i, i + 4])
-        assert x[:, 16:] == pytest.approx(p[:, i + 4, i + 4])
+        kalman.update(x, measured.T)
+        mean, pp, pv, vv = x[:8].T, x[8:12].T, x[12:16].T, x[16:20].T
+        assert mean == pytest.approx(m)
+        assert pp == pytest.approx(p[:, i, i]) and pv == pytest.approx(p[:, i, i + 4])
+        assert vv == pytest.approx(p[:, i + 4, i + 4])
+    assert kalman.xyxy(kalman.xyah(np.array([[10.0, 20, 50, 100]])))[:, 0] == pytest.approx([10, 20, 50, 100])
 
 
 # ---- MOT scores on the synthetic scenes ------------------------------------------------------

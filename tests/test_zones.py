@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from inferd.config import parse_config
 from inferd.engine.shapes import ANCHORS, cuts, inside
-from inferd.engine.tracking import TrackConfig, Tracker
+from inferd.engine.tracking import CLS, TrackConfig, Tracker
 from inferd.engine.zones import ZoneConfig
 from inferd.outputs import annotate
 from tests import scenes
@@ -109,6 +109,37 @@ def test_pixel_zones_and_the_anchor():
     assert [e[1] for e in run(Tracker(CFG, LABELS, [porch]), frames)] == ["enter"]
     bottom = porch.model_copy(update={"anchor": "bottom_center"})
     assert run(Tracker(CFG, LABELS, [bottom]), frames) == []
+
+
+def test_the_summary_follows_every_change_of_membership():
+    """The zones' summary (made again only after an update with events) is right on every frame:
+    after an enter, a cross, a leave, and a track that ends inside."""
+    tracker = Tracker(CFG, LABELS, [LOWER, GATE])
+    person, dog = box(400, 500), box(900, 500)  # bottom centres at y 560: inside the lower zone
+    frames = [(k / 10, [(person, 0), (dog, 2)]) for k in range(4)]  # both enter on their 3rd frame
+    frames += [(0.3 + k / 10, [(box(400 + 20 * k, 500), 0), (dog, 2)]) for k in range(1, 22)]  # crosses x 640
+    frames += [(2.4 + k / 10, [(box(820, 500 - 20 * k), 0), (dog, 2)]) for k in range(1, 16)]  # up, out of it
+    frames += [(3.9 + k / 10, [(box(820, 200), 0)]) for k in range(1, 13)]  # the dog is gone: dropped inside
+    seen = []
+    for t, dets in frames:
+        boxes = np.array([d[0] for d in dets], float)
+        up = tracker.update(boxes, np.full(len(dets), 0.9), np.array([d[1] for d in dets]), t, (W, H))
+        summary = tracker.summary()
+        fresh = Tracker(CFG, LABELS, [LOWER, GATE]).zones  # the same state, summarized from scratch
+        fresh.f, fresh.b, fresh.crossed = tracker.zones.f, tracker.zones.b, tracker.zones.crossed
+        assert summary == fresh.summary(tracker.ids, tracker._x[CLS, : len(tracker)].astype(np.int64)), t
+        seen += [(e["type"], e["zone"]) for e in up.events]
+    assert seen == [
+        ("enter", "lower"),
+        ("enter", "lower"),
+        ("cross", "gate"),
+        ("leave", "lower"),
+        ("leave", "lower"),
+    ]
+    assert tracker.summary() == {
+        "lower": {"count": 0, "track_ids": [], "labels": {}},
+        "gate": {"in": 0, "out": 1},
+    }
 
 
 def test_the_geometry_helpers():

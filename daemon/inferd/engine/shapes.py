@@ -1,5 +1,11 @@
 """The plane geometry of zones (zones.py), vectorized over points: which polygons a point is in,
 which side of a line it is on, whether a step crosses a segment. Frame pixels, y down.
+
+Every test a frame needs is the sign of a linear form of the point: whether a polygon's vertex is
+below it, whether it is left of an edge where the edge spans its height, which side of a line it
+is on. The point is an anchor of a box, (centre x, centre y + lift x height), so each form is
+linear in the box's (centre x, centre y, height, 1): one matrix product tests every object
+against every vertex, edge and line of a source at once (zones.py).
 """
 
 from __future__ import annotations
@@ -10,33 +16,53 @@ import numpy as np
 ANCHORS = {"bottom_center": (0.5, 1.0), "center": (0.5, 0.5), "top_center": (0.5, 0.0)}
 
 
-def edges(polygons: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """All the polygons' edges as one [5, E] table (x1, y1, y2, dx/dy, spans nothing) and where
-    each polygon's edges start: `crossings` tests points against all of them at once."""
-    rows, starts = [], []
-    for poly in polygons:
-        starts.append(sum(len(r[0]) for r in rows))
+def polygon_forms(polygons: list[np.ndarray], lifts: list[float]) -> tuple[np.ndarray, ...]:
+    """The forms of the even-odd rule (a ray to the left of the point crosses the border an odd
+    number of times) for `polygons` whose anchors are `lifts` heights below the box centre: [V + E,
+    4] weights of (centre x, centre y, height, 1), first the vertices' (> 0: the vertex is below
+    the point, y_v > y), then the edges' (> 0: the point is left of where the edge's line is at its
+    height); the index of each vertex's next one; where each polygon's rows start."""
+    vertex, edge, nxt, starts = [], [], [], []
+    for poly, lift in zip(polygons, lifts, strict=True):
+        first = len(vertex)
+        starts.append(first)
         x1, y1 = poly[:, 0], poly[:, 1]
         x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
         flat = y1 == y2  # a horizontal edge spans no height: never crossed by the ray
         with np.errstate(divide="ignore", invalid="ignore"):
             slope = np.where(flat, 0.0, (x2 - x1) / (y2 - y1))
-        rows.append(np.stack([x1, y1, y2, slope, flat]))
-    return np.concatenate(rows, axis=1), np.array(starts)
+        for k in range(len(poly)):
+            vertex.append((0.0, -1.0, -lift, y1[k]))  # y_v - y
+            edge.append((-1.0, slope[k], slope[k] * lift, x1[k] - slope[k] * y1[k]))  # the edge's x - x
+            nxt.append(first + (k + 1) % len(poly))
+    return np.array(vertex + edge).reshape(-1, 4), np.array(nxt, np.int64), np.array(starts, np.int64)
 
 
-def crossings(points: np.ndarray, table: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """[n, polygons] whether each [n, 2] point is inside each polygon of an `edges` table (the
-    even-odd rule: a ray to the left of the point crosses the border an odd number of times)."""
-    x, y = points[:, :1], points[:, 1:]
-    x1, y1, y2, slope = table[0], table[1], table[2], table[3]
-    hit = ((y1 > y) != (y2 > y)) & (x < x1 + (y - y1) * slope)
-    return (np.add.reduceat(hit, starts, axis=1) & 1).astype(bool)
+def line_forms(lines: list[np.ndarray], lifts: list[float]) -> np.ndarray:
+    """[lines, 4] weights of (centre x, centre y, height, 1) whose sign is the side of each line
+    (a -> b) the anchor is on, as `side`: -1 left, +1 right walking a -> b (y down)."""
+    out = []
+    for (a, b), lift in zip(lines, lifts, strict=True):
+        dx, dy = b - a
+        out.append((-dy, dx, dx * lift, dy * a[0] - dx * a[1]))  # dx (y - ay) - dy (x - ax)
+    return np.array(out, np.float64).reshape(-1, 4)
+
+
+def crossings(signs: np.ndarray, nxt: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """[polygons, n] whether each point is inside each polygon, from its `polygon_forms` signs
+    ([V + E, n] bools: the form > 0)."""
+    below = signs[: len(nxt)]
+    hit = below != below[nxt]  # the edge from this vertex to the next spans the point's height
+    hit &= signs[len(nxt) :]
+    return np.logical_xor.reduceat(hit, starts, axis=0)
 
 
 def inside(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
     """[n] whether each [n, 2] point is inside the [m, 2] polygon (even-odd rule)."""
-    return crossings(points, *edges([np.asarray(poly, np.float64)]))[:, 0]
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    forms, nxt, starts = polygon_forms([np.asarray(poly, np.float64)], [0.0])
+    rows = np.stack([points[:, 0], points[:, 1], np.zeros(len(points)), np.ones(len(points))])
+    return crossings(forms @ rows > 0, nxt, starts)[0]
 
 
 def side(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

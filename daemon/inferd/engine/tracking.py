@@ -17,8 +17,15 @@ new objects are not tracked (counted in `refused`) until tracks expire.
 
 `Tracker.update` takes arrays (any detector format decodes to them); `Tracker.annotate` takes the
 decoded detection dicts and sets their `track_id` (None while the track is tentative), age and
-velocity. Given zones (zones.py), each update also decides their events, from state kept in rows
+velocity. Given zones (zones.py), each update also decides their events, from state kept in columns
 beside the tracks' own.
+
+The tracks are the columns of one float array, a row per number (the filter's 21, then class,
+score, id, hits, first and last matched time, and how long it may go unmatched): a frame is a
+fixed few dozen numpy operations on whole rows whatever the number of objects, and starting,
+matching or dropping tracks moves every number of theirs in one operation. Past the live columns
+one more holds what a detection without a track reads (id -1, NaN age and velocity), so the
+per-detection answers are one gather each.
 """
 
 from __future__ import annotations
@@ -30,11 +37,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inferd.engine import kalman
-from inferd.engine.tracking_solver import assign, iou_matrix
+from inferd.engine.tracking_solver import assign, iou_rows, one_to_one
 from inferd.engine.zones import ZoneConfig, ZoneState
 
 State = Literal["tentative", "confirmed", "lost"]
-_FIELDS = ("kf", "cls", "score", "id", "hits", "first", "last")
+KF = kalman.ROWS  # the filter's rows (its last a row of ones); then:
+CLS, SCORE, ID, HITS, FIRST, LAST, LIFE = range(KF, KF + 7)
+ROWS = KF + 7
+_OUT = np.array([ID, FIRST, 4, 5])[:, None]  # what a detection's answer reads of its track
+_NONE = np.full(ROWS, np.nan)  # the column a detection without a track reads
+_NONE[ID] = -1
 
 
 class TrackConfig(BaseModel):
@@ -127,23 +139,27 @@ class Tracker:
         self.next_id = 1
         self.refused = 0  # new objects not tracked because max_tracks were live
         self.t: float | None = None  # the last update's timestamp
-        self._a: dict[str, np.ndarray] = {
-            "kf": np.zeros((0, kalman.WIDTH)), "cls": np.zeros(0, np.int64),
-            "score": np.zeros(0), "id": np.zeros(0, np.int64), "hits": np.zeros(0, np.int64),
-            "first": np.zeros(0), "last": np.zeros(0),
-        }  # fmt: skip
+        self.n = 0  # live tracks: the first n columns of _x
+        self._summary: dict | None = None  # the zones' summary, until events change it
+        self._x = np.empty((ROWS, 0))
+        self._reserve(16)
 
     def __len__(self) -> int:
-        return len(self._a["id"])
+        return self.n
 
     @property
     def ids(self) -> np.ndarray:
         """Each live track's id (-1: tentative)."""
-        return self._a["id"]
+        return self._x[ID, : self.n].astype(np.int64)
 
     def summary(self) -> dict[str, dict] | None:
-        """What is in each zone now (ZoneState.summary); None without zones."""
-        return self.zones.summary(self._a["id"], self._a["cls"]) if self.zones is not None else None
+        """What is in each zone now (ZoneState.summary; shared, read-only: it is made again only
+        after an update with events, the only updates that change it); None without zones."""
+        if self.zones is None:
+            return None
+        if self._summary is None:
+            self._summary = self.zones.summary(self.ids, self._x[CLS, : self.n].astype(np.int64))
+        return self._summary
 
     def update(
         self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, t: float,
@@ -152,67 +168,56 @@ class Tracker:
         """One frame's detections ([n, 4] x1, y1, x2, y2 boxes, scores, classes) at timestamp `t`
         (seconds) of a `frame` (width, height: normalized zones need it): the track id of each
         detection, the tracks that ended, the zones' events."""
-        cfg, a = self.cfg, self._a
+        cfg = self.cfg
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
         classes = np.asarray(classes, np.int64).reshape(-1)
         prev, t = self.t, float(t)
-        slot = np.full(len(boxes), -1)  # the track each detection matched
+        z = kalman.xyah(boxes)  # [4, m] the detections as the filter measures them
+        slot = np.full(len(boxes), -1)  # the track (column) each detection matched
         high = scores >= cfg.high_score
-        if len(a["id"]):
-            a["kf"][:, 6:8] *= (a["last"] == prev)[:, None]  # a lost box keeps its size and shape
-            kalman.predict(a["kf"], 0.0 if prev is None else t - prev)  # back in time: no motion
-        if len(a["id"]) and len(boxes):
-            w = iou_matrix(boxes, kalman.xyxy(a["kf"])) - (cfg.iou - 1e-9)  # > 0: may match
-            np.multiply(w, classes[:, None] == a["cls"], out=w)  # another class: 0, no match
-            rows = high.nonzero()[0]
-            r, c = assign(w[rows])  # 1: the high-score detections, all tracks
-            slot[rows[r]] = c
-            rows = ((scores >= cfg.low_score) & ~high).nonzero()[0]
-            left = a["id"] >= 0
-            left[c] = False
-            cols = left.nonzero()[0]
-            if len(rows) and len(cols):  # 2: the low-score ones, the confirmed tracks left
-                r, c = assign(w[rows[:, None], cols])
-                slot[rows[r]] = cols[c]
+        x = self._x[:, : self.n]
+        if self.n:
+            kalman.predict(x[:KF], 0.0 if prev is None else t - prev)  # back in time: no motion
+        if self.n and len(boxes):
+            self._associate(boxes, scores, classes, high, slot)
         d = (slot >= 0).nonzero()[0]
         s = slot[d]
         if len(s):
-            a["kf"][s] = kalman.update(a["kf"][s], kalman.xyah(boxes[d]))
-            a["hits"][s] += 1
-            a["score"][s], a["last"][s] = scores[d], t
-            self._confirm(s)
-        expired = (a["id"] >= 0) & (np.abs(t - a["last"]) > cfg.max_age_s)  # also a clock far back
-        drop = expired | ((a["id"] < 0) & (a["last"] != t))  # tentative and missed: forgotten
-        ended: list[Track] = []
+            g = x[:, s]
+            kalman.update(g[:KF], z[:, d])
+            g[HITS] += 1
+            g[SCORE], g[LAST] = scores[d], t
+            self._confirm(g)
+            x[:, s] = g
+        drop = np.abs(t - x[LAST]) > x[LIFE]  # a confirmed track lost for max_age_s (or a clock far
+        ended: list[Track] = []  # back), a tentative one missed once
         events: list[dict] = []
-        if drop.any():
-            gone = np.flatnonzero(expired)
+        if np.count_nonzero(drop):
+            gone = np.flatnonzero(drop & (x[ID] >= 0))
             ended = self._snapshot(gone, t)
+            keep = np.flatnonzero(~drop)
             if self.zones is not None:
-                events = self._events(self.zones.ended(gone, a["last"][gone]), gone, t)
-                self.zones.keep(~drop)
-            keep = ~drop
-            for k in _FIELDS:
-                a[k] = a[k][keep]
-            slot[d] = (np.cumsum(keep) - 1)[s]
+                events = self._events(self.zones.ended(gone, x[LAST, gone]), gone, t)
+                self.zones.keep(keep)
+            self._x[:, : len(keep)] = x[:, keep]
+            self.n = len(keep)
+            slot[d] = (np.cumsum(~drop) - 1)[s]
         new = (high & (slot < 0)).nonzero()[0]
         if len(new):
-            self._start(boxes, scores, classes, new, slot, t)
+            self._start(z, scores, classes, new, slot, t)
         self.t = t
-        if self.zones is not None:
-            rows = np.flatnonzero(a["last"] == t)
-            found = self.zones.update(
-                rows, a["id"][rows], kalman.xyxy(a["kf"][rows]), a["cls"][rows], t, frame
-            )
+        x = self._x[:, : self.n]
+        matched = x[LAST] == t
+        x[6:8] *= matched  # a lost box keeps its size and shape (its aspect and height stop)
+        if self.zones is not None and self.n:
+            found = self.zones.update(matched, x[ID] >= 0, x[:KF], t, frame)
             if found:
-                events += self._events(found, rows, t)
-        hit = slot >= 0
-        ids, age, vel = np.full(len(slot), -1), np.full(len(slot), np.nan), np.full((len(slot), 2), np.nan)
-        if hit.any():
-            r = slot[hit]
-            ids[hit], age[hit], vel[hit] = a["id"][r], t - a["first"][r], a["kf"][r, 4:6]
-        return Update(ids, ended, age, vel, events)
+                events += self._events(found, np.arange(self.n), t)
+        if events:
+            self._summary = None
+        out = self._x[_OUT, slot]  # slot -1: the last column, no track
+        return Update(out[0].astype(np.int64), ended, t - out[1], out[2:].T, events)
 
     def annotate(self, detections: list[dict], t: float, frame: tuple[int, int] | None = None) -> Update:
         """Sets "track_id" on each decoded detection (None while its track is tentative or when
@@ -232,13 +237,13 @@ class Tracker:
 
     def tracks(self, confirmed_only: bool = False) -> list[Track]:
         """Every live track at the last update's time (only those with an id if confirmed_only)."""
-        idx = np.flatnonzero(self._a["id"] >= 0) if confirmed_only else np.arange(len(self))
+        idx = np.flatnonzero(self._x[ID, : self.n] >= 0) if confirmed_only else np.arange(self.n)
         return self._snapshot(idx, self.t or 0.0)
 
     # ---- internals -------------------------------------------------------------------------
 
     def _events(self, found: list, idx: np.ndarray, t: float) -> list[dict]:
-        """Zones' findings as event dicts; k in each indexes `idx`, the rows they are about."""
+        """Zones' findings as event dicts; k in each indexes `idx`, the columns they are about."""
         ks = sorted({f[2] for f in found})
         tracks = dict(zip(ks, self._snapshot(idx[ks], t), strict=True))
         out = []
@@ -248,43 +253,86 @@ class Tracker:
                         "box": list(tr.box), **extra})  # fmt: skip
         return out
 
-    def _confirm(self, idx: np.ndarray) -> None:
-        """Ids for the tracks among `idx` just matched for the min_hits-th time."""
-        new = idx[self._a["hits"][idx] == self.cfg.min_hits]
-        if len(new):
-            self._a["id"][new] = np.arange(self.next_id, self.next_id + len(new))
-            self.next_id += len(new)
+    def _associate(self, boxes, scores, classes, high: np.ndarray, slot: np.ndarray) -> None:
+        """Sets `slot`, the track each detection matches: ByteTrack's two stages, the high-score
+        detections against every track, then the low-score ones against the confirmed tracks
+        left. Usually no two detections compete for a track nor two tracks for a detection: then
+        both stages are the candidate pairs themselves, found at once."""
+        cfg, x = self.cfg, self._x[:, : self.n]
+        w = iou_rows(boxes, kalman.xyxy(x[:4]))
+        w -= cfg.iou - 1e-9  # > 0: may match
+        usable = scores >= cfg.low_score
+        w *= np.where(usable, classes, np.nan)[:, None] == x[CLS]  # another class, too low a score: 0
+        low = (usable & ~high).nonzero()[0]
+        if len(low):  # the second stage only continues confirmed tracks
+            tentative = (x[ID] < 0).nonzero()[0]
+            if len(tentative):
+                w[low[:, None], tentative] = 0
+        one = one_to_one(w)
+        if one is not None:
+            slot[one[0]] = one[1]
+            return
+        rows = high.nonzero()[0]
+        r, c = assign(w if len(rows) == len(boxes) else w[rows])  # 1: the high-score detections, all tracks
+        slot[rows[r]] = c
+        if len(low):
+            left = x[ID] >= 0
+            left[c] = False
+            cols = left.nonzero()[0]
+            if len(cols):  # 2: the low-score ones, the confirmed tracks left
+                r, c = assign(w[low[:, None], cols])
+                slot[low[r]] = cols[c]
 
-    def _start(self, boxes, scores, classes, new: np.ndarray, slot: np.ndarray, t: float) -> None:
-        a, room = self._a, self.cfg.max_tracks - len(self)
+    def _confirm(self, g: np.ndarray) -> None:
+        """Ids for the tracks (columns of `g`) just matched for the min_hits-th time."""
+        new = g[HITS] == self.cfg.min_hits
+        count = int(np.count_nonzero(new))
+        if count:
+            g[ID, new] = np.arange(self.next_id, self.next_id + count)
+            g[LIFE, new] = self.cfg.max_age_s
+            self.next_id += count
+
+    def _reserve(self, n: int) -> None:
+        """Room for n live columns (and the no-track column after them)."""
+        if n < self._x.shape[1]:
+            return
+        grown = np.empty((ROWS, max(n, 2 * self._x.shape[1]) + 1))
+        grown[:, : self.n] = self._x[:, : self.n]
+        grown[:, -1] = _NONE
+        self._x = grown
+
+    def _start(self, z: np.ndarray, scores, classes, new: np.ndarray, slot: np.ndarray, t: float) -> None:
+        """Tentative tracks for the detections `new` ([4, m] measurements z)."""
+        room = self.cfg.max_tracks - self.n
         if len(new) > room:  # the best-scoring ones get the room left
             self.refused += len(new) - max(room, 0)
             new = np.sort(new[np.argsort(-scores[new], kind="stable")[: max(room, 0)]])
             if not len(new):
                 return
-        n = len(new)
-        add = {"kf": kalman.initiate(kalman.xyah(boxes[new])), "cls": classes[new], "score": scores[new],
-               "id": np.full(n, -1), "hits": np.ones(n, np.int64), "first": np.full(n, t),
-               "last": np.full(n, t)}  # fmt: skip
-        slot[new] = np.arange(len(self), len(self) + n)
-        for k in _FIELDS:
-            a[k] = np.concatenate([a[k], add[k]])
+        n, k = self.n, len(new)
+        self._reserve(n + k)
+        g = self._x[:, n : n + k]
+        kalman.initiate(z[:, new], g[:KF])
+        g[CLS], g[SCORE] = classes[new], scores[new]
+        g[ID:] = np.array([[-1], [1], [t], [t], [0]])  # id, hits, first, last, life
+        slot[new] = np.arange(n, n + k)
+        self.n += k
         if self.zones is not None:
-            self.zones.grow(n)
-        self._confirm(slot[new])  # min_hits 1
+            self.zones.grow(classes[new])
+        self._confirm(g)  # min_hits 1
 
     def _snapshot(self, idx: np.ndarray, t: float) -> list[Track]:
-        a = self._a
         if not len(idx):
             return []
-        boxes = np.round(kalman.xyxy(a["kf"][idx]), 2).tolist()
-        vel = np.round(a["kf"][idx, 4:6], 2).tolist()
+        g = self._x[:, idx]
+        boxes = np.round(kalman.xyxy(g[:4]).T, 2).tolist()
+        vel = np.round(g[4:6].T, 2).tolist()
+        ids, last, cls = g[ID].astype(np.int64).tolist(), g[LAST].tolist(), g[CLS].astype(np.int64).tolist()
         out = []
-        for k, i in enumerate(idx.tolist()):
-            tid, last, c = int(a["id"][i]), float(a["last"][i]), int(a["cls"][i])
-            state: State = "tentative" if tid < 0 else "confirmed" if last == t else "lost"
+        for k, (tid, seen, c) in enumerate(zip(ids, last, cls, strict=True)):
+            state: State = "tentative" if tid < 0 else "confirmed" if seen == t else "lost"
             label = self.labels[c] if self.labels and 0 <= c < len(self.labels) else None
-            age, hits = t - float(a["first"][i]), int(a["hits"][i])
-            box, v, score = tuple(boxes[k]), tuple(vel[k]), float(a["score"][i])
-            out.append(Track(tid if tid >= 0 else None, c, label, box, score, age, t - last, v, hits, state))
+            age, score, hits = t - float(g[FIRST, k]), float(g[SCORE, k]), int(g[HITS, k])
+            box, v = tuple(boxes[k]), tuple(vel[k])
+            out.append(Track(tid if tid >= 0 else None, c, label, box, score, age, t - seen, v, hits, state))
         return out

@@ -2,18 +2,18 @@
 
 The assignment is a maximum-weight bipartite matching (weight = IoU - threshold, only where
 positive), what ByteTrack gets from `lap.lapjv(cost, extend_cost=True, cost_limit=1 - iou)`. It
-splits exactly along the connected components of the graph of candidate pairs, so `assign` takes
-the pairs alone in their row and their column (nearly every pair in a tracking frame: one object,
-one box) with a few vectorized operations, and runs the Hungarian algorithm (shortest augmenting
-paths with row and column potentials, each step vectorized over the columns) only on the rows and
-columns that compete: usually none, or 2x2 where objects cross.
+splits exactly along the connected components of the graph of candidate pairs. Most tracking
+frames have no competition at all (one object, one box): `one_to_one` sees that in a few
+vectorized operations, and the candidate pairs are the matching. Otherwise `assign` takes the pairs
+alone in their row and their column as they are, splits the rest into its components (boxes
+competing where objects cross: 1x2, 2x2, rarely more), solves a one-row, one-column or two-row
+component directly, and runs the Hungarian algorithm (shortest augmenting paths with row and
+column potentials, each step vectorized over the columns) only on a bigger one.
 
-Measured (benchmarks/tracking.py, results/tracking.json; 2-core x86 dev VM, numpy 2.4): `assign`
-~20 us on the matrices of a 30-object tracking frame, ~150 us at 100 objects in a crowd; `hungarian`
-alone on a dense random matrix (the worst case, every pair a candidate) ~2 ms at 30x30, ~11 ms at
-100x100. `greedy` (best IoU first, a Python loop over the candidate pairs) is slower here (~35 us,
-~220 us) and not optimal where boxes crowd (tests/test_tracking.py has a 2x2 case); on the seven
-test scenes it scored the same MOTA and IDF1. No scipy: ~30 MB on arm64, and off the daemon's path.
+Measured: benchmarks/tracking.py (results/tracking.json; docs/tracking.md has the table). `greedy`
+(best IoU first, a Python loop over the candidate pairs) is there for comparison: slower in numpy
+and not optimal where boxes crowd (tests/test_tracking.py has a 2x2 case). No scipy: ~30 MB on
+arm64, and off the daemon's path.
 """
 
 from __future__ import annotations
@@ -23,14 +23,22 @@ import numpy as np
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every [x1, y1, x2, y2] box of `a` (rows) with every box of `b` (columns)."""
-    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a.T, b.T
-    w = np.minimum(ax2[:, None], bx2) - np.maximum(ax1[:, None], bx1)
-    h = np.minimum(ay2[:, None], by2) - np.maximum(ay1[:, None], by1)
-    np.maximum(w, 0, out=w)
-    np.maximum(h, 0, out=h)
-    w *= h  # the intersections
-    union = ((ax2 - ax1) * (ay2 - ay1))[:, None] + (bx2 - bx1) * (by2 - by1) - w
-    return w / np.maximum(union, 1e-9)
+    return iou_rows(np.asarray(a, np.float64), np.asarray(b, np.float64).T)
+
+
+def iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of `a` ([m, 4] x1, y1, x2, y2) with every box of `b` ([4, n] rows x1, y1,
+    x2, y2): [m, n]. Both corners of the intersections in one operation each ([m, n, 2])."""
+    bt = b.T
+    hi = np.minimum(a[:, None, 2:], bt[:, 2:])
+    hi -= np.maximum(a[:, None, :2], bt[:, :2])
+    np.maximum(hi, 0, out=hi)
+    inter = hi[..., 0] * hi[..., 1]
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None] + (b[2] - b[0]) * (b[3] - b[1])
+    union -= inter
+    np.maximum(union, 1e-9, out=union)
+    inter /= union
+    return inter
 
 
 def hungarian(cost: np.ndarray) -> np.ndarray:
@@ -72,23 +80,75 @@ def hungarian(cost: np.ndarray) -> np.ndarray:
     return cols
 
 
+def one_to_one(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (rows, columns) of the positive weights when no row and no column has two (the usual
+    tracking frame: one object, one box; then they are the matching); None when some compete."""
+    r, c = (weight > 0).nonzero()
+    if len(r) < 2 or (np.bincount(c).max() == 1 and not np.count_nonzero(r[1:] == r[:-1])):  # r is sorted
+        return r, c
+    return None
+
+
 def assign(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The maximum-weight matching of a rows x columns weight matrix, only on positive weights:
     (rows, columns) of the matched pairs."""
-    pos = weight > 0
-    r, c = pos.nonzero()
-    per_row, per_col = np.add.reduce(pos, 1), np.add.reduce(pos, 0)
-    if not len(r) or (np.maximum.reduce(per_row) == 1 and np.maximum.reduce(per_col) == 1):
-        return r, c
-    alone = (per_row[r] == 1) & (per_col[c] == 1)
-    rows, cols = np.unique(r[~alone]), np.unique(c[~alone])
-    sub = np.fmax(weight[rows[:, None], cols], 0)  # a pair left unmatched counts 0, not less (nor NaN)
-    if len(rows) <= len(cols):
-        sr, sc = np.arange(len(rows)), hungarian(-sub)
-    else:
-        sr, sc = hungarian(-sub.T), np.arange(len(cols))
-    ok = sub[sr, sc] > 0
-    return np.concatenate([r[alone], rows[sr[ok]]]), np.concatenate([c[alone], cols[sc[ok]]])
+    one = one_to_one(weight)
+    if one is not None:
+        return one
+    r, c = (weight > 0).nonzero()
+    per_row, per_col = np.bincount(r, minlength=len(weight)), np.bincount(c, minlength=len(weight[0]))
+    alone = per_row[r] == 1
+    alone &= per_col[c] == 1
+    rows, cols = [r[alone]], [c[alone]]
+    for sr, sc in _components(r[~alone].tolist(), c[~alone].tolist()):
+        sub = np.fmax(weight[sr[:, None], sc], 0)  # a pair left unmatched counts 0, not less (nor NaN)
+        i, j = _small(sub) if len(sr) <= 2 or len(sc) == 1 else _square(sub)
+        ok = sub[i, j] > 0
+        rows.append(sr[i[ok]])
+        cols.append(sc[j[ok]])
+    return np.concatenate(rows), np.concatenate(cols)
+
+
+def _components(r: list[int], c: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The connected components of the bipartite graph of pairs (r[k], c[k]): (rows, columns) of
+    each. The matching splits exactly along them, and they are small (boxes competing where
+    objects cross) where the whole can be large (a crowd)."""
+    parent: dict[int, int] = {}  # rows as themselves, columns as -1 - column
+
+    def root(a: int) -> int:
+        while parent.setdefault(a, a) != a:
+            parent[a] = a = parent[parent[a]]
+        return a
+
+    for i, j in zip(r, c, strict=True):
+        parent[root(i)] = root(-1 - j)
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    for a in list(parent):
+        rows, cols = groups.setdefault(root(a), ([], []))
+        (rows if a >= 0 else cols).append(a if a >= 0 else -1 - a)
+    return [(np.array(sorted(rows)), np.array(sorted(cols))) for rows, cols in groups.values()]
+
+
+def _square(sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Hungarian method on the smaller side of `sub`."""
+    if len(sub) <= len(sub[0]):
+        return np.arange(len(sub)), hungarian(-sub)
+    return hungarian(-sub.T), np.arange(len(sub[0]))
+
+
+def _small(sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The best assignment of a one-column, one-row or two-row `sub` (weights >= 0), the cases
+    where boxes compete in a tracking frame nearly always, without the Hungarian method's loop:
+    the best pair, or the better of a two-row matrix's pairs of pairs."""
+    if len(sub[0]) == 1 or len(sub) == 1:
+        k = int(np.argmax(sub))
+        return np.array([k // len(sub[0])]), np.array([k % len(sub[0])])
+    # two rows: row 0 takes column i, row 1 the best other column, for each i
+    best1 = np.argsort(-sub[1], kind="stable")[:2]  # row 1's two best columns
+    other = np.where(np.arange(len(sub[0])) == best1[0], best1[1], best1[0])
+    total = sub[0] + sub[1, other]
+    i = int(np.argmax(total))
+    return np.array([0, 1]), np.array([i, int(other[i])])
 
 
 def greedy(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,9 @@
 A zone is a polygon or a line in a source's frame (docs/zones.md). Each tracked object is placed
 by one point of its box, the zone's `anchor` (bottom centre: where a person or a car stands).
 `ZoneState` keeps, per track and zone, what was last decided, in arrays aligned with the tracker's
-own rows (tracking.py calls `grow` and `keep` as its tracks start and end), so a frame costs a few
-numpy operations per zone whatever the number of objects, and Python only for an event.
+own columns (tracking.py calls `grow` and `keep` as its tracks start and end): one row per zone
+and kind of state, one column per track, so a frame costs a few numpy operations for all the
+zones together whatever the number of objects, and Python only for an event.
 
 A polygon: an object is *in* once its anchor has been inside on `min_frames` frames in a row on
 which its track was matched (never on a frame where it was only predicted), *out* the same way;
@@ -28,7 +29,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inferd.engine.shapes import ANCHORS, crossings, cuts, edges
+from inferd.engine import kalman
+from inferd.engine.shapes import ANCHORS, crossings, cuts, line_forms, polygon_forms
 
 log = logging.getLogger("inferd.zones")
 Point = tuple[float, float]
@@ -94,43 +96,67 @@ class ZoneConfig(BaseModel):
 
 
 class ZoneState:
-    """The zones of one source for one tracker: per-track state in rows aligned with its tracks."""
+    """The zones of one source for one tracker: per-track state in columns aligned with its tracks,
+    a row per zone and kind of state (`f` holds numbers, `b` flags). Polygons and lines share the
+    rules of a change (matched frames in a row on the other side), so one pass over all of them
+    decides every zone: a polygon's side is inside (IN) or outside (OUT), a line's its left (-1)
+    or right (+1); 0 is no side (a label that does not count; a line's object not placed yet).
+
+    Objects come as their tracks' filters, the tracker's own rows (kalman.py: centre x, centre y,
+    aspect, height, ..., a row of ones; no copy). Every anchor is on the box's vertical centre
+    line, (centre x, centre y + a fraction of the height), so every vertex, edge and line test of
+    every zone is the sign of one row of a single matrix product with those rows (shapes.py)."""
+
+    OUT, IN = 1.0, 2.0
 
     def __init__(self, zones: list[ZoneConfig], labels: list[str] | None, min_frames: int) -> None:
         self.polys = [z for z in zones if z.polygon is not None]
         self.lines = [z for z in zones if z.line is not None]
         self.labels = labels
-        self.min_frames = np.array([z.min_frames or min_frames for z in self.polys + self.lines])
-        self.dwell = np.array([z.dwell_s or np.inf for z in self.polys])
-        self.crossed = np.zeros((len(self.lines), 2), np.int64)  # per line: in, out
+        p, n = len(self.polys), len(self.lines)
+        self.P, z = p, p + n
+        every = self.polys + self.lines
+        self.min_frames = np.array([z.min_frames or min_frames for z in every], float)[:, None]
+        self.dwell = np.array([z.dwell_s or np.inf for z in self.polys])[:, None]
+        self.crossed = np.zeros((n, 2), np.int64)  # per line: in, out
+        # the rows of f: per zone its side now, its streak (matched frames in a row on the other
+        # side) and when that streak began; per polygon when the stay began; the object's box at
+        # its last matched frame (where a step towards a line starts)
+        self.SIDE, self.STREAK, self.START = slice(0, z), slice(z, 2 * z), slice(2 * z, 3 * z)
+        q = 3 * z
+        self.SINCE, self.PREV = slice(q, q + p), slice(q + p, q + p + (4 if n else 0))
+        # the rows of b: per zone whether the object's label counts; per polygon whether it has
+        # dwelt this stay; per line whether the change under way cuts the segment
+        self.ALLOW, self.DWELT, self.CUT = slice(0, z), slice(z, z + p), slice(z + p, z + p + n)
+        self.f = np.zeros((self.PREV.stop, 0))
+        self.b = np.zeros((z + p + n, 0), bool)
+        self._new = np.zeros((len(self.f), 1))  # a new track's column: outside every polygon
+        self._new[self.SIDE][:p] = self.OUT
         self._frame: tuple | None = None  # the frame size the geometry below is for
         self._geo: list[np.ndarray] = []
-        self._poly_groups: list[tuple] = []  # per anchor: its polygons' columns, edge table, starts
-        self._line_ends = np.zeros((0, 2, 2))  # [lines, 2, 2] in frame pixels
-        self._line_streaks = False
-        self._line_anchor = np.array([ANCHORS[z.anchor] for z in self.lines]).reshape(-1, 2)
+        self._forms = np.zeros((0, kalman.ROWS))  # every zone's tests: weights of the filter rows
+        self._nxt = self._starts = np.zeros(0, np.int64)  # shapes.crossings' tables
+        self._lift = [ANCHORS[z.anchor][1] - 0.5 for z in every]  # anchor y - centre y, in heights
+        assert all(fx == 0.5 for fx, _ in ANCHORS.values()), "anchors are on the box's vertical centre line"
         self._warned = False  # frames without a size said once
         self._dwells = bool(np.isfinite(self.dwell).any())
-        self._streaks = False  # whether a polygon's streak may be under way (else no reset to do)
-        self._poly_ok = self._label_table(self.polys)
-        self._line_ok = self._label_table(self.lines)
-        p, n = len(self.polys), len(self.lines)
-        self.a: dict[str, np.ndarray] = {
-            "in": np.zeros((0, p), bool), "pstreak": np.zeros((0, p), np.int64),
-            "pstart": np.zeros((0, p)), "since": np.zeros((0, p)), "dwelt": np.zeros((0, p), bool),
-            "side": np.zeros((0, n), np.int8), "lstreak": np.zeros((0, n), np.int64),
-            "cut": np.zeros((0, n), bool), "last": np.zeros((0, n, 2)),
-        }  # fmt: skip
+        self._due = np.inf  # no dwell can be due before this time (a gate; the test is exact)
+        self._streaks = False  # whether a streak may be under way (else no reset to do)
+        self._ok = self._label_table(self.polys + self.lines)
 
-    # ---- rows, as the tracker's change ---------------------------------------------------------
+    # ---- columns, as the tracker's tracks change -------------------------------------------------
 
-    def grow(self, n: int) -> None:
-        for k, v in self.a.items():
-            self.a[k] = np.concatenate([v, np.zeros((n, *v.shape[1:]), v.dtype)])
+    def grow(self, cls: np.ndarray) -> None:
+        """Columns for new tracks of classes `cls`: outside every polygon, on no side of a line."""
+        k = len(cls)
+        b = np.zeros((len(self.b), k), bool)
+        b[self.ALLOW] = True if self._ok is None else self._allowed(self._ok, cls).T
+        self.f = np.concatenate([self.f, np.repeat(self._new, k, 1)], 1)
+        self.b = np.concatenate([self.b, b], 1)
 
-    def keep(self, mask: np.ndarray) -> None:
-        for k, v in self.a.items():
-            self.a[k] = v[mask]
+    def keep(self, idx: np.ndarray) -> None:
+        """Only the columns `idx`, in that order."""
+        self.f, self.b = self.f[:, idx], self.b[:, idx]
 
     # ---- a frame -------------------------------------------------------------------------------
 
@@ -147,13 +173,12 @@ class ZoneState:
                 for z in zones
             ]
             self._frame = frame
-            p = len(self.polys)
-            self._poly_groups = []
-            for name, frac in ANCHORS.items():
-                cols = [j for j, z in enumerate(self.polys) if z.anchor == name]
-                if cols:
-                    self._poly_groups.append((np.array(frac), cols, *edges([self._geo[j] for j in cols])))
-            self._line_ends = np.array(self._geo[p:]).reshape(-1, 2, 2)
+            p = self.P
+            polys, nxt, starts = polygon_forms(self._geo[:p], self._lift[:p])
+            forms = np.concatenate([polys, line_forms(self._geo[p:], self._lift[p:])])
+            self._forms = np.zeros((len(forms), kalman.ROWS))
+            self._forms[:, [0, 1, 3, kalman.WIDTH]] = forms  # x, y, h, 1
+            self._nxt, self._starts = nxt, starts
         return self._geo
 
     def _label_table(self, zones: list[ZoneConfig]) -> np.ndarray | None:
@@ -167,13 +192,15 @@ class ZoneState:
     @staticmethod
     def _allowed(table: np.ndarray, cls: np.ndarray) -> np.ndarray:
         unknown = len(table) - 1
+        cls = np.asarray(cls, np.int64)
         return table[np.where((cls >= 0) & (cls < unknown), cls, unknown)]
 
-    def update(self, rows: np.ndarray, ids: np.ndarray, boxes: np.ndarray, cls: np.ndarray, t: float,
+    def update(self, matched: np.ndarray, confirmed: np.ndarray, boxes: np.ndarray, t: float,
                frame: tuple[int, int] | None) -> list[Found]:  # fmt: skip
-        """The tracks at `rows`, matched on this frame, with their ids (-1: tentative), filtered
-        boxes [k, 4] in frame pixels and classes, at tracker time `t`: the events this frame decides,
-        as (type, zone, k, extra) with k an index into `rows`."""
+        """The tracks (columns) with their filters (`boxes`: the tracker's rows, frame pixels) at
+        tracker time `t`, whether each was matched on this frame and whether it is confirmed (has
+        an id): the events this frame decides, as (type, zone, k, extra) with k a column. Only
+        matched tracks change state (a predicted box decides nothing)."""
         geo = self._geometry(frame)
         if geo is None:
             if not self._warned:  # a tensor frame: no picture, so no size to place the zones on
@@ -184,32 +211,66 @@ class ZoneState:
                     "they stay empty (give them in pixels: units: pixels)", names,
                 )  # fmt: skip
             return []
-        if not len(rows):
+        if not boxes.shape[1]:
             return []
-        p = len(self.polys)
-        found = self._polygons(rows, ids >= 0, boxes, cls, geo[:p], t) if p else []
-        return found + self._lines(rows, ids >= 0, boxes, cls, geo[p:]) if self.lines else found
+        f, b, p = self.f, self.b, self.P
+        raw = np.empty((len(self.min_frames), boxes.shape[1]))  # the side each object is seen on
+        forms = self._forms @ boxes
+        v = len(forms) - len(self.lines)
+        if p:
+            np.add(crossings(forms[:v] > 0, self._nxt, self._starts), self.OUT, out=raw[:p])
+        if self.lines:
+            np.sign(forms[v:], out=raw[p:])
+        if self._ok is not None:
+            raw *= b[self.ALLOW]  # an object that does not count is on no side
+        seen = raw != 0
+        seen &= matched
+        diff = raw != f[self.SIDE]
+        diff &= seen
+        if np.count_nonzero(diff) and self.lines:
+            side = f[self.SIDE][p:]
+            new = diff[p:] & (side == 0)  # first seen: its side, no event
+            if np.count_nonzero(new):
+                side[new] = raw[p:][new]
+                diff[p:] &= ~new
+        found = None
+        if np.count_nonzero(diff):
+            found = self._changes(raw, diff, matched, confirmed, boxes, t, geo)
+        if self.lines:  # where the next step starts
+            np.copyto(f[self.PREV], boxes[:4], where=matched)
+        if found is not None:
+            return found
+        # the usual frame: nobody changes sides
+        if self._streaks:  # matched frames in a row: this one breaks a streak under way
+            f[self.STREAK] *= ~matched
+            self._streaks = bool(np.count_nonzero(f[self.STREAK]))  # others' (unmatched now) go on
+        return self._dwell(matched, confirmed, t) if t >= self._due else []
 
     def ended(self, idx: np.ndarray, last: np.ndarray) -> list[Found]:
-        """Tracks at `idx` about to end (confirmed, last matched at `last`): a leave for each
-        zone they are in, as (type, zone, k, extra) with k an index into `idx`."""
+        """Tracks at columns `idx` about to end (confirmed, last matched at `last`): a leave for
+        each zone they are in, as (type, zone, k, extra) with k an index into `idx`."""
         if not self.polys or not len(idx):
             return []
-        since = self.a["since"][idx]
-        return [("leave", self.polys[j].name, k, {"duration_s": round(float(last[k] - since[k, j]), 3)})
-                for k, j in zip(*np.nonzero(self.a["in"][idx]), strict=True)]  # fmt: skip
+        inn, since = self.f[self.SIDE][: self.P, idx] == self.IN, self.f[self.SINCE][:, idx]
+        return [("leave", self.polys[j].name, k, {"duration_s": round(float(last[k] - since[j, k]), 3)})
+                for k, j in zip(*np.nonzero(inn.T), strict=True)]  # fmt: skip
 
     def summary(self, ids: np.ndarray, classes: np.ndarray) -> dict[str, dict]:
         """Per polygon the confirmed tracks in it (count, ids, count per label); per line the
         crossings so far."""
         out: dict[str, dict] = {}
         if self.polys:
-            inn = self.a["in"] & (ids >= 0)[:, None]
+            inn = self.f[self.SIDE][: self.P] == self.IN
+            inn &= ids >= 0
+            busy = inn.any(axis=1).tolist() if np.count_nonzero(inn) else [False] * self.P
             names = self.labels or []
             for j, z in enumerate(self.polys):
-                members = ids[inn[:, j]].tolist()
+                if not busy[j]:
+                    out[z.name] = {"count": 0, "track_ids": [], "labels": {}}
+                    continue
+                members = ids[inn[j]].tolist()
                 labels: dict[str, int] = {}
-                for c in classes[inn[:, j]].tolist():
+                for c in classes[inn[j]].tolist():
                     name = names[c] if 0 <= c < len(names) else str(c)
                     labels[name] = labels.get(name, 0) + 1
                 out[z.name] = {"count": len(members), "track_ids": members, "labels": labels}
@@ -219,89 +280,74 @@ class ZoneState:
 
     # ---- internals -------------------------------------------------------------------------------
 
-    def _polygons(self, rows, confirmed, boxes, cls, geo, t: float) -> list[Found]:
-        a, p = self.a, len(self.polys)
-        raw = np.zeros((len(rows), p), bool)
-        for frac, cols, table, starts in self._poly_groups:
-            raw[:, cols] = crossings(boxes[:, :2] + frac * (boxes[:, 2:] - boxes[:, :2]), table, starts)
-        if self._poly_ok is not None:
-            raw &= self._allowed(self._poly_ok, cls)
-        state = a["in"][rows]
-        diff = raw != state
-        if not diff.any():  # the usual frame: nobody crosses a border
-            if self._streaks:  # matched frames in a row: this one breaks a streak under way
-                a["pstreak"][rows] = 0
-                self._streaks = bool(a["pstreak"].any())  # others' (unmatched now) go on
-            return self._dwell(rows, confirmed, state, t) if self._dwells and state.any() else []
-        since, dwelt = a["since"][rows], a["dwelt"][rows]
-        streak = np.where(diff, a["pstreak"][rows] + 1, 0)
-        start = np.where(diff & (streak == 1), t, a["pstart"][rows])  # the streak's first frame
-        flip = diff & (streak >= self.min_frames[:p]) & confirmed[:, None]
-        found: list[Found] = []
-        for k, j in zip(*np.nonzero(flip), strict=True):
-            name = self.polys[j].name
-            if raw[k, j]:
-                found.append(("enter", name, k, {}))
-                since[k, j], dwelt[k, j] = start[k, j], False
-            else:
-                found.append(("leave", name, k, {"duration_s": round(float(start[k, j] - since[k, j]), 3)}))
-        state[flip], streak[flip] = raw[flip], 0
+    def _changes(self, raw, diff, matched, confirmed, boxes, t: float, geo) -> list[Found]:
+        """A frame on which some objects are seen on the other side of some zones."""
+        f, b, p = self.f, self.b, self.P
         self._streaks = True
-        a["in"][rows], a["pstreak"][rows], a["pstart"][rows] = state, streak, start
-        a["since"][rows], a["dwelt"][rows] = since, dwelt
-        return found + self._dwell(rows, confirmed, state, t) if self._dwells else found
-
-    def _dwell(self, rows, confirmed, state, t: float) -> list[Found]:
-        """Dwell events due: in a zone for dwell_s since the stay began, once per stay."""
-        a = self.a
-        since, dwelt = a["since"][rows], a["dwelt"][rows]
-        due = state & ~dwelt & (t - since >= self.dwell) & confirmed[:, None]
-        if not due.any():
-            return []
+        side, streak, start = f[self.SIDE], f[self.STREAK], f[self.START]
+        if self.lines:  # a change starts: does the step from the old side cut the line?
+            starting = diff[p:] & (streak[p:] == 0)
+            if np.count_nonzero(starting):
+                self._cuts(starting, boxes, geo[p:])
+        streak += diff
+        streak *= diff | ~matched  # matched on its side: the streak is over
+        np.copyto(start, t, where=diff & (streak == 1))  # the streak's first frame
+        flip = diff & (streak >= self.min_frames) & confirmed
+        side[flip], streak[flip] = raw[flip], 0
         found: list[Found] = []
-        for k, j in zip(*np.nonzero(due), strict=True):
-            found.append(("dwell", self.polys[j].name, k, {"duration_s": round(float(t - since[k, j]), 3)}))
-        a["dwelt"][rows] = dwelt | due
+        if np.count_nonzero(flip[:p]):
+            since, dwelt = f[self.SINCE], b[self.DWELT]
+            for k, j in zip(*np.nonzero(flip[:p].T), strict=True):
+                name = self.polys[j].name
+                if raw[j, k] == self.IN:
+                    found.append(("enter", name, k, {}))
+                    since[j, k], dwelt[j, k] = start[j, k], False
+                else:
+                    stay = round(float(start[j, k] - since[j, k]), 3)
+                    found.append(("leave", name, k, {"duration_s": stay}))
+            if self._dwells:
+                self._due = self._next_due()
+        if t >= self._due:
+            found += self._dwell(matched, confirmed, t)
+        if self.lines and np.count_nonzero(flip[p:]):
+            cut = b[self.CUT]
+            for k, j in zip(*np.nonzero(flip[p:].T), strict=True):
+                if cut[j, k]:
+                    way = 0 if raw[p + j, k] > 0 else 1
+                    self.crossed[j, way] += 1
+                    found.append(("cross", self.lines[j].name, k, {"direction": ("in", "out")[way]}))
         return found
 
-    def _lines(self, rows, confirmed, boxes, cls, geo) -> list[Found]:
-        a, p = self.a, len(self.polys)
-        wh = boxes[:, None, 2:] - boxes[:, None, :2]
-        pts = boxes[:, None, :2] + self._line_anchor * wh  # [k, lines, 2]
-        a0, d = self._line_ends[:, 0], self._line_ends[:, 1] - self._line_ends[:, 0]
-        cross = d[:, 0] * (pts[..., 1] - a0[:, 1]) - d[:, 1] * (pts[..., 0] - a0[:, 0])
-        raw = np.sign(cross).astype(np.int8)  # [k, lines]: -1 left, +1 right (as side())
-        if self._line_ok is not None:
-            raw[~self._allowed(self._line_ok, cls)] = 0  # an object that does not count is on no side
-        cur, last = a["side"][rows], a["last"][rows]
-        new = (cur == 0) & (raw != 0)  # first seen: its side, no event
-        if new.any():
-            cur[new] = raw[new]
-            a["side"][rows] = cur
-        diff = (raw != 0) & (raw != cur)
-        if not diff.any():  # the usual frame: nobody changes sides
-            last[raw != 0] = pts[raw != 0]  # the last point on the side it is on
-            a["last"][rows] = last
-            if self._line_streaks:
-                a["lstreak"][rows] = 0
-                self._line_streaks = bool(a["lstreak"].any())
-            return []
-        self._line_streaks = True
-        streak, cut = a["lstreak"][rows], a["cut"][rows]
-        starting = diff & (streak == 0)  # a change starts: does the path from the old side cut the line?
-        for j in np.flatnonzero(starting.any(axis=0)):
-            m = starting[:, j]
-            cut[m, j] = cuts(last[m, j], pts[m, j], geo[j][0], geo[j][1])
-        streak = np.where(diff, streak + 1, 0)
-        stay = (raw != 0) & ~diff
-        last[stay] = pts[stay]  # the last point on the side it is on
-        flip = diff & (streak >= self.min_frames[p:]) & confirmed[:, None]
+    def _cuts(self, starting: np.ndarray, boxes: np.ndarray, ends: list[np.ndarray]) -> None:
+        """For the objects `starting` ([lines, n]) a change of side: whether the step from their
+        anchor at their last matched frame to this one cuts the line's segment."""
+        prev = self.f[self.PREV]
+        for j in np.flatnonzero(starting.any(axis=1)):
+            m, lift = starting[j], self._lift[self.P + j]
+            was = np.stack([prev[0, m], prev[1, m] + lift * prev[3, m]], 1)
+            now = np.stack([boxes[0, m], boxes[1, m] + lift * boxes[3, m]], 1)
+            self.b[self.CUT][j, m] = cuts(was, now, ends[j][0], ends[j][1])
+
+    def _next_due(self) -> float:
+        """The earliest time a dwell may fall due (an object in a zone, not dwelt yet this stay)."""
+        waiting = self.f[self.SIDE][: self.P] == self.IN
+        waiting &= ~self.b[self.DWELT]
+        if not np.count_nonzero(waiting):
+            return np.inf
+        return float(np.min(self.f[self.SINCE] + self.dwell, where=waiting, initial=np.inf)) - 1e-6
+
+    def _dwell(self, matched, confirmed, t: float) -> list[Found]:
+        """Dwell events due: in a zone for dwell_s since the stay began, once per stay, on a frame
+        where the object was matched."""
+        since, dwelt = self.f[self.SINCE], self.b[self.DWELT]
+        due = (self.f[self.SIDE][: self.P] == self.IN) & ~dwelt
+        due &= t - since >= self.dwell
+        due &= matched & confirmed
         found: list[Found] = []
-        for k, j in zip(*np.nonzero(flip), strict=True):
-            if cut[k, j]:
-                way = 0 if raw[k, j] > 0 else 1
-                self.crossed[j, way] += 1
-                found.append(("cross", self.lines[j].name, k, {"direction": ("in", "out")[way]}))
-        cur[flip], last[flip], streak[flip] = raw[flip], pts[flip], 0
-        a["side"][rows], a["lstreak"][rows], a["cut"][rows], a["last"][rows] = cur, streak, cut, last
+        if np.count_nonzero(due):
+            for k, j in zip(*np.nonzero(due.T), strict=True):
+                stay = round(float(t - since[j, k]), 3)
+                found.append(("dwell", self.polys[j].name, k, {"duration_s": stay}))
+            dwelt |= due
+        self._due = self._next_due()
         return found
