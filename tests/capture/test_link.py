@@ -1,6 +1,7 @@
 """What `inferd capture` says about its way to inferd and its sources: the state it is in, a
 daemon that refuses its frames, nobody at the address, and a camera host that is not there."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -149,3 +150,44 @@ def test_a_camera_host_that_is_not_there_gets_a_sentence(tmp_path):
             assert stop(proc, lines) == 0
         finally:
             proc.kill()
+
+
+def test_a_capture_owned_by_a_killed_process_stops(tmp_path):
+    """`inferd demo` owns the capture it starts (INFERD_PARENT_PID): when the demo is killed with
+    SIGKILL, the capture gets SIGTERM and stops instead of playing its clip to nobody."""
+    video = encode_video(tmp_path / "v.mp4", ["blue"], per_colour=30)
+    port = free_port()
+    owner = subprocess.Popen(
+        [sys.executable, "-c", f"""
+import os, subprocess, sys, time
+env = {{**os.environ, "INFERD_PARENT_PID": str(os.getpid())}}
+child = subprocess.Popen([sys.executable, "-m", "inferd", "capture", "--url", {str(video)!r},
+                          "--to", "tcp://127.0.0.1:{port}", "--loop"], env=env)
+print(child.pid, flush=True)
+time.sleep(600)
+"""],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    pid = int(owner.stdout.readline())
+    try:
+        time.sleep(3)  # the capture is up and trying
+        assert _running(pid)
+        owner.kill()
+        owner.wait()
+        end = time.monotonic() + 20
+        while _running(pid) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not _running(pid), "inferd capture still running after its owner was killed"
+    finally:
+        owner.kill()
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process is alive (a zombie nobody reaped yet has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -50,6 +50,23 @@ def keep_frame_memory(trim_bytes: int = 32 << 20, mmap_bytes: int = 16 << 20) ->
     return bool(mallopt(m_mmap_threshold, mmap_bytes)) and bool(mallopt(m_trim_threshold, trim_bytes))
 
 
+def stop_with_parent() -> bool:
+    """A capture that another inferd process started and owns (`inferd demo` sets
+    INFERD_PARENT_PID to its pid) gets SIGTERM, its clean stop, when that process dies, even by
+    SIGKILL (PR_SET_PDEATHSIG; Linux). False when the owner is already gone."""
+    import contextlib
+    import ctypes
+    import os
+    import signal
+
+    owner = os.environ.get("INFERD_PARENT_PID")
+    if not owner:
+        return True
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    return str(os.getppid()) == owner  # else it died before the line above
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     import signal
 
@@ -71,6 +88,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    if not stop_with_parent():
+        capture.stop.set()
     code = capture.run()
     if code:
         print(f"inferd capture: {capture.failure}", file=sys.stderr)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -31,7 +32,8 @@ def make_clip(path: Path, strip: np.ndarray, fps: float, seconds: float = 3.0) -
 
 
 class VideoCamera:
-    """`inferd capture --url CLIP --loop` in a subprocess; `sent` is read from its final log line."""
+    """`inferd capture --url CLIP --loop` in a subprocess, which stops when this process dies (even
+    killed: INFERD_PARENT_PID); `sent` is read from its final log line."""
 
     def __init__(self, endpoint: str, source: str, clip: Path) -> None:
         self.source, self.sent, self.unsent = source, 0, 0
@@ -39,6 +41,7 @@ class VideoCamera:
             [sys.executable, "-m", "inferd", "--log-level", "info", "capture", "--url", str(clip),
              "--to", endpoint, "--source", source, "--loop"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "INFERD_PARENT_PID": str(os.getpid())},
         )  # fmt: skip
 
     def stop(self) -> None:
