@@ -30,6 +30,7 @@ from inferd.engine.slots import SlotReader
 from inferd.engine.tally import Tally
 from inferd.errors import InferdError
 from inferd.ingest.frigate import FrigateCodec
+from inferd.ingest.parts import send_message
 from inferd.outputs.replies import Replies
 from inferd.protocol import decode_header, encode_header
 from inferd.service.systemd import name_os_thread
@@ -199,7 +200,7 @@ class Child:
         self.worker.current = []
         out, self.out[:] = list(self.out), []
         for parts in out:  # small parts are cheaper copied; tensors go as they are
-            self.sock.send_multipart(parts, copy=not any(isinstance(p, np.ndarray) for p in parts))
+            send_message(self.sock, parts, copy=not any(isinstance(p, np.ndarray) for p in parts))
 
 
 def _die_with_parent() -> None:

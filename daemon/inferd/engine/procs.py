@@ -31,6 +31,7 @@ from inferd.engine.pipeline import Frame, ModelQueue
 from inferd.engine.slots import Slot
 from inferd.engine.tally import apply
 from inferd.errors import ModelLoadError
+from inferd.ingest.parts import recv_message, send_message
 
 log = logging.getLogger("inferd.workers")
 START_TIMEOUT_S = 120.0
@@ -143,7 +144,7 @@ class WorkerProcess:
             -1 if frame.max_elements is None else frame.max_elements, slot, how, spans, header,
         )  # fmt: skip
         self.inflight[token] = (frame, slot, time.monotonic())
-        sock.send_multipart([self.identity, data])
+        send_message(sock, [self.identity, data])
 
     def done(self, token: int) -> Frame | None:
         entry = self.inflight.pop(token, None)
@@ -384,9 +385,8 @@ class Hub:
         """Forward what the workers sent (IO thread)."""
         sock = self.sock
         for _ in range(budget):
-            try:
-                msg = sock.recv_multipart(zmq.NOBLOCK)  # small parts: bytes are cheaper than Frames
-            except zmq.Again:
+            msg = recv_message(sock)  # small parts: bytes are cheaper than Frames
+            if msg is None:
                 break
             identity = msg[0]
             tally = identity.endswith(m.TALLY)

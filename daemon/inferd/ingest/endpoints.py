@@ -14,14 +14,11 @@ from inferd.config import Config, EndpointConfig, ResultsConfig
 from inferd.errors import FrameError
 from inferd.ingest.frigate import FrigateRequests
 from inferd.ingest.ipc import prepare_ipc
+from inferd.ingest.parts import NOBLOCK, readable, recv_message, send_message
 from inferd.ingest.security import load_secret, secure_ipc
 from inferd.outputs.publisher import bind_results
 
 log = logging.getLogger("inferd.transport")
-
-_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-
 
 # libzmq's own limit (ZMQ_MAXMSGSIZE, per part) is this many times an endpoint's
 # max_message_bytes: a message over it is cut off by libzmq, which closes the sender's connection
@@ -63,31 +60,21 @@ class Endpoint:
             if self.closed:
                 return  # the endpoint went away in a reload or at stop
             sock = self.sock
-            try:  # part by part with int flags: send_multipart's enum arithmetic costs more
-                for part in parts[:-1]:
-                    sock.send(part, _MORE, copy=False)
-                sock.send(parts[-1], _LAST, copy=False)
+            try:
+                send_message(sock, parts, NOBLOCK, copy=False)
             except zmq.ZMQError as e:  # ROUTER takes or drops a whole message at its first part
                 log.debug("reply to a router peer not sent: %s", e)
             # the send may have consumed the FD's signal of a request that arrived meanwhile
-            arrived = sock.getsockopt(_EVENTS) & _POLLIN
+            arrived = readable(sock)
         if arrived and self.wake is not None and threading.get_ident() != self.io_thread:
             self.wake(self.id)
 
     def recv(self) -> list[zmq.Frame] | None:
         """The next message, or None (IO thread)."""
         if not self.replies:
-            try:
-                return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return None
+            return recv_message(self.sock, copy=False)
         with self.lock:
-            if not self.sock.getsockopt(_EVENTS) & _POLLIN:  # cheaper than raising Again
-                return None
-            try:
-                return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return None
+            return recv_message(self.sock, copy=False)
 
     def close(self) -> None:
         with self.lock:

@@ -56,6 +56,7 @@ class Transport:
         self.accepting = threading.Event()
         self.stopped = threading.Event()
         self._pending: dict[int, tuple[Frame, list]] = {}  # fifo backpressure: endpoint id -> frame
+        self._rewatch = True  # the IO loop registers its sockets again (endpoints, _pending changed)
         self._sources: set[str] = set()
         self._received: dict = {}  # source -> its frames_received counter (labels() is not free)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
@@ -130,6 +131,7 @@ class Transport:
 
         All or nothing: if a new socket cannot be bound, the old set stays as it was.
         """
+        self._rewatch = True  # whatever happens below, the IO loop looks at the endpoints again
         keep = {e.id for e in self.endpoints.values() if e.cfg in config.endpoints}
         kept_cfgs = [self.endpoints[i].cfg for i in keep]
         added_cfgs = [c for c in config.endpoints if c not in kept_cfgs]
@@ -195,17 +197,9 @@ class Transport:
             if self.hub is not hub:  # the first model served by worker processes came with a reload
                 hub = self.hub
                 poller.register(hub.sock, zmq.POLLIN)
-            # endpoints with a frame waiting for room in a fifo queue are not read (backpressure);
-            # while stopping every endpoint is read, and what arrives is answered `shutdown`
-            want = {i: e.watch for i, e in self.endpoints.items() if i not in self._pending}
-            for i, item in polled.items():
-                if want.get(i) != item:  # an FD (int) or a socket
-                    with contextlib.suppress(KeyError, zmq.ZMQError):
-                        poller.unregister(item)
-            for i, item in want.items():
-                if polled.get(i) != item:
-                    poller.register(item, zmq.POLLIN)
-            polled = want
+            if self._rewatch:  # endpoints or held-back frames changed since the last turn
+                self._rewatch = False
+                polled = self._watch(poller, polled)
             events = dict(poller.poll(0 if more else 5 if self._pending else 50))
             # nothing for 50 ms: every endpoint is read anyway (a safety net; costs ~5 us each)
             due = more if events else set(polled)
@@ -237,6 +231,20 @@ class Transport:
         self._answer_late()
         self.replies.release()
         self._flush_outbox()
+
+    def _watch(self, poller: zmq.Poller, polled: dict[int, Any]) -> dict[int, Any]:
+        """Register what to poll: endpoints with a frame waiting for room in a fifo queue are not
+        read (backpressure); while stopping every endpoint is read, and what arrives is answered
+        `shutdown`."""
+        want = {i: e.watch for i, e in self.endpoints.items() if i not in self._pending}
+        for i, item in polled.items():
+            if want.get(i) != item:  # an FD (int) or a socket
+                with contextlib.suppress(KeyError, zmq.ZMQError):
+                    poller.unregister(item)
+        for i, item in want.items():
+            if polled.get(i) != item:
+                poller.register(item, zmq.POLLIN)
+        return want
 
     def _answer_late(self, quiet: float = 0.05, limit: float = 1.0) -> None:
         """At stop: answer (`shutdown`) what reached the sockets since they were last read, until
@@ -322,6 +330,7 @@ class Transport:
         pending = self.dispatcher.submit(frame, router=cfg.type == "router")
         if pending:
             self._pending[ep.id] = (frame, pending)
+            self._rewatch = True
 
     def _ingest_frigate(self, ep: Endpoint, parts: list[zmq.Frame]) -> None:
         """A Frigate detector request: [identity, "", header, tensor] (frigate.py)."""
@@ -343,6 +352,7 @@ class Transport:
         pending = self.dispatcher.submit(frame, router=True)
         if pending:
             self._pending[ep.id] = (frame, pending)
+            self._rewatch = True
 
     def _count_received(self, source: str) -> None:
         counter = self._received.get(source)
@@ -360,6 +370,7 @@ class Transport:
             else:
                 del self._pending[eid]
                 freed.add(eid)
+                self._rewatch = True
         return freed
 
     def _forward(self, budget: int = 256) -> set[int]:

@@ -19,6 +19,7 @@ import zmq
 
 from inferd.engine.pipeline import Frame, Timings
 from inferd.engine.postprocess import PARTS
+from inferd.ingest.parts import NOBLOCK, send_message
 from inferd.protocol import VERSION, decode_tensors, encode_header, tensor_specs
 
 log = logging.getLogger("inferd.transport")
@@ -176,7 +177,7 @@ class Replies:
             if pub is not None:
                 for parts in messages:
                     with contextlib.suppress(zmq.Again):
-                        pub.send_multipart(parts, zmq.NOBLOCK)
+                        send_message(pub, parts, NOBLOCK)
 
     def _error(self, reply_to, model: str, source: str, seq, rid, reason: str, message: str) -> None:
         header: dict[str, Any] = {
@@ -246,7 +247,7 @@ class Replies:
             pub = self.pub
             if pub is not None:
                 with contextlib.suppress(zmq.Again):  # PUB drops at its high-water mark
-                    pub.send_multipart(parts, zmq.NOBLOCK)
+                    send_message(pub, parts, NOBLOCK)
 
     def error(self, frame: Frame, model: str, reason: str, message: str) -> None:
         """A valid frame the model failed on."""
