@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - a pyzmq without it: the Python layer, 
 MORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 _RCVMORE, _EVENTS, _POLLIN = int(zmq.RCVMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 _send, _recv, _get = _Compiled.send, _Compiled.recv, _Compiled.get
+_FRAME_KNOWS_MORE = hasattr(zmq.Frame, "more")  # pyzmq's compiled Frame; else ask the socket
 
 
 def send_message(sock: zmq.Socket, parts: list, flags: int = 0, copy: bool = True) -> None:
@@ -38,18 +39,13 @@ def recv_message(sock: zmq.Socket, copy: bool = True) -> list | None:
         parts = [_recv(sock, NOBLOCK, copy)]
     except zmq.Again:  # EVENTS said a message waits; a socket shared with another reader may differ
         return None
-    if copy:
+    if copy or not _FRAME_KNOWS_MORE:
         while _get(sock, _RCVMORE):
-            parts.append(_recv(sock, NOBLOCK, True))
+            parts.append(_recv(sock, NOBLOCK, copy))
     else:  # a Frame knows whether more follow: no socket option to ask (each costs ~1 us)
-        while _more(sock, parts[-1]):
+        while parts[-1].more:
             parts.append(_recv(sock, NOBLOCK, False))
     return parts
-
-
-def _more(sock: zmq.Socket, frame: zmq.Frame) -> bool:
-    more = getattr(frame, "more", None)  # pyzmq's compiled Frame has it; ask the socket otherwise
-    return bool(_get(sock, _RCVMORE)) if more is None else more
 
 
 def readable(sock: zmq.Socket) -> bool:

@@ -19,14 +19,14 @@ import zmq
 
 from inferd.engine.pipeline import Frame, Timings
 from inferd.engine.postprocess import PARTS
-from inferd.ingest.parts import NOBLOCK, send_message
+from inferd.ingest.parts import MORE, NOBLOCK, send_message
 from inferd.protocol import VERSION, decode_tensors, encode_header, tensor_specs
 
 log = logging.getLogger("inferd.transport")
 
 OUTBOX = "inproc://inferd-outbox"
 WAKE = b"W"  # outbox message: a queue has room again, or a request arrived while a reply was sent
-_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
+_MORE, _LAST = MORE | NOBLOCK, NOBLOCK
 
 
 class RateLimitedLog:
