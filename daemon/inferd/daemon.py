@@ -119,7 +119,7 @@ class Daemon:
         if model.cfg.in_processes:
             q = ModelQueue(name, self.policies, self._dropped(name))  # the IO thread takes, and retries
             if self.hub is None:
-                self.hub = Hub(self.ctx, self.metrics)
+                self.hub = Hub(self.metrics)
             pool = WorkerPool(
                 model, q, self.replies, self.metrics, self.policies, self._worker_spec(base_dir),
                 self.config.service.hang_after_s,
@@ -138,7 +138,6 @@ class Daemon:
     def _worker_spec(self, base_dir: Path) -> dict:
         """What every worker process is told besides its model (engine/child.py)."""
         return {
-            "hub": self.hub.address,
             "base_dir": str(base_dir),
             "runtime_level": self.config.logging.runtime_level,
             "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),

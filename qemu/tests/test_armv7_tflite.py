@@ -296,11 +296,9 @@ def worker_processes(top: int, model: str = "tflite") -> dict[int, tuple[int, li
 def test_two_instances_in_worker_processes_give_the_single_instance_results(rootfs, armv7_results):
     """`instances: 2, workers: processes` under qemu-arm (Debian's numpy, tflite-runtime): two
     `inferd.engine.child` processes, children of the daemon, started and connected (memfd slots,
-    the hub's ipc socket in /tmp, PR_SET_PDEATHSIG under qemu-user); FRAMES from two clients at once
+    their socketpairs to the daemon, PR_SET_PDEATHSIG under qemu-user); FRAMES from two clients at once
     (so both workers infer) give exactly the single-instance daemon's outputs; the workers' counts
-    reach the daemon's metrics; no worker outlives the daemon's SIGTERM. No other chroot command
-    runs meanwhile: each run-in-chroot.sh stacks its own tmpfs on the rootfs's /tmp, which would
-    hide the hub's socket from a worker started after it."""
+    reach the daemon's metrics; no worker outlives the daemon's SIGTERM."""
     from concurrent.futures import ThreadPoolExecutor
 
     from prometheus_client.parser import text_string_to_metric_families

@@ -390,11 +390,11 @@ def test_two_instances_run_in_two_worker_processes_and_a_killed_one_is_replaced(
     guest, service, infer, scrape, reference
 ):
     """`instances: 2, workers: processes` under the hardened unit: two `python -m inferd.engine.child`
-    processes in the unit's cgroup (children of MainPID, under its seccomp filter), the hub's ipc
-    socket in a private folder of the unit's RuntimeDirectory, answers equal to x86's; `kill -9` of
-    one worker: the unit stays active with the same MainPID, inferd_worker_restarts_total{model}
-    becomes 1, a new process replaces it and serves (alone, while the other is killed in turn), and
-    both are back after."""
+    processes in the unit's cgroup (children of MainPID, under its seccomp filter), each with its two
+    inherited socketpairs to the daemon and nothing bound on the file system, answers equal to
+    x86's; `kill -9` of one worker: the unit stays active with the same MainPID,
+    inferd_worker_restarts_total{model} becomes 1, a new process replaces it and serves (alone,
+    while the other is killed in turn), and both are back after."""
     report: dict = {}
     t0 = time.monotonic()
     try:
@@ -411,19 +411,16 @@ def test_two_instances_run_in_two_worker_processes_and_a_killed_one_is_replaced(
             assert (w["seccomp"], w["no_new_privs"]) == ("2", "1"), w  # the unit's filter, inherited
         report["workers_at_ready"] = workers
         assert f"model {WORKER_MODEL}: 2 worker process(es) ready" in service.journal(100)
-        # The hub's ipc socket (bound paths: /proc/net/unix), in a private mkdtemp folder: of the
-        # unit's RuntimeDirectory (/run/inferd, removed with the unit), or of its PrivateTmp.
-        bound = guest.ssh("awk '$8 ~ /inferd-workers-.*[/]hub$/ {print $8}' /proc/net/unix").stdout.split()
-        assert len(set(bound)) == 1, bound
-        hub = report["hub"] = bound[0]
-        if hub.startswith("/run/inferd/"):
-            folder = guest.ssh(f"stat -c '%U %a' {shlex.quote(os.path.dirname(hub))}").stdout.split()
-            assert folder == ["inferd", "700"], folder
-        else:
-            assert hub.startswith("/tmp/"), hub
-            assert guest.ssh(f"ls -d /proc/{main}/root{shlex.quote(hub)}", check=False).returncode == 0
-            not_there = guest.ssh(f"test -e {shlex.quote(hub)}", check=False).returncode != 0
-            assert not_there, hub  # in the unit's /tmp, not the guest's
+        # The workers' lines (engine/channel.py): two socketpairs each, inherited from the daemon;
+        # nothing bound on the file system that another process could connect to.
+        bound = guest.ssh("awk '$8 ~ /inferd-workers-/ {print $8}' /proc/net/unix").stdout.split()
+        assert bound == [], bound
+        for w in workers:  # (its stdout and stderr are journald's stream sockets: fds 1 and 2)
+            listed = f"find /proc/{w['pid']}/fd -mindepth 1 -lname 'socket:*' -printf '%f\\n'"
+            fds = sorted(int(fd) for fd in guest.ssh(listed).stdout.split())
+            report.setdefault("socket_fds_per_worker", []).append(fds)
+        lines = [len([fd for fd in fds if fd > 2]) for fds in report["socket_fds_per_worker"]]
+        assert lines == [2, 2], report
 
         xs = frames(6, seed=41)
         report["seconds_per_request"] = []  # 2 clients at once

@@ -1,11 +1,13 @@
 """A worker process: one model instance in its own interpreter (`python -m inferd.engine.child`).
 
 Started by the daemon (procs.py) with its model config in INFERD_WORKER, its slots as inherited
-memfds and a pipe to say it loaded. It takes frames from the daemon's ROUTER, runs them through
+memfds, its two lines to the daemon as inherited sockets (channel.py: frames and answers; counts
+and heartbeats) and a pipe to say it loaded. It takes frames from its line, runs them through
 the same `Worker.process` as a worker thread (checks, preprocessing, runtime, postprocessing,
 result encoding) and sends each frame's answer back; the daemon forwards it and frees the slot.
 It ignores SIGTERM/SIGINT/SIGHUP (systemd signals the whole unit: the daemon decides when its
-workers stop, after the drain) and dies with the daemon (PR_SET_PDEATHSIG).
+workers stop, after the drain) and ends when its line does (the daemon closed it or died; also
+PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -16,21 +18,19 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import zmq
-
 from inferd.engine import messages as m
+from inferd.engine.channel import Channel
 from inferd.engine.pipeline import Frame, Worker
 from inferd.engine.slots import SlotReader
 from inferd.engine.tally import Tally
 from inferd.errors import InferdError
 from inferd.ingest.frigate import FrigateCodec
-from inferd.ingest.parts import send_message
 from inferd.outputs.replies import Replies
 from inferd.protocol import decode_header, encode_header
 from inferd.service.systemd import name_os_thread
@@ -109,46 +109,45 @@ class Child:
         self.slots = [SlotReader(fd) for fd in spec["slots"]]
         self.codec = FrigateCodec()
         self.out: list[list] = []
-        self.ctx = zmq.Context(1)
-        self.sock = self._connect(spec, spec["identity"].encode())
-        self.sock.send(m.HELLO)
-        self.tally_sock = self._connect(spec, spec["identity"].encode() + m.TALLY)
+        self.line = Channel(socket.socket(fileno=spec["channel"]), blocking=True)
+        self.line.send([m.HELLO])
+        self.tally_line = Channel(socket.socket(fileno=spec["tally"]), blocking=True)
         self.tally_thread = threading.Thread(target=self._tally, name="tally", daemon=True)
         self.stopping = threading.Event()
         self.tally_thread.start()
-
-    def _connect(self, spec: dict, identity: bytes) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, identity)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.connect(spec["hub"])
-        return sock
 
     def _tally(self) -> None:
         """The tally thread: the counts when the daemon asks (a scrape), and every second (the
         heartbeat that says this process is alive, inference or not)."""
         name_os_thread(f"tally:{self.name}")
-        sock = self.tally_sock
+        line = self.tally_line
         while not self.stopping.is_set():
             sync = 0
-            if sock.poll(BEAT_S * 1000):
-                sync = m.SYNC_ID.unpack(sock.recv()[: m.SYNC_ID.size])[1]
-            self.flush(sync)
+            if line.wait(BEAT_S):
+                msg = line.recv()
+                if msg is None:  # the daemon is gone
+                    return
+                sync = m.SYNC_ID.unpack(msg[0][: m.SYNC_ID.size])[1]
+            if not self.flush(sync):
+                return
 
-    def flush(self, sync: int = 0) -> None:
+    def flush(self, sync: int = 0) -> bool:
+        """Send the counts since the last flush; False when the daemon is gone."""
         rows = self.tally.drain()
-        self.tally_sock.send_multipart([m.SYNC_ID.pack(m.METRICS, sync), json.dumps(rows).encode()])
+        try:
+            self.tally_line.send([m.SYNC_ID.pack(m.METRICS, sync), json.dumps(rows).encode()])
+        except OSError:
+            return False
+        return True
 
     def frame(self, msg: list) -> Frame:
-        token, received, wall, max_age, max_elements, slot, how, spans, raw = m.unpack_frame(msg[0].buffer)
+        token, received, wall, max_age, max_elements, slot, how, spans, raw = m.unpack_frame(msg[0])
         header = decode_header(raw)
         if slot >= 0:
             buf = self.slots[slot].buffer(max((o + n for o, n in spans), default=0))
             payloads = [buf[o : o + n] for o, n in spans]
         else:
-            payloads = [p.buffer for p in msg[1:]]
+            payloads = [memoryview(p) for p in msg[1:]]
         topic = f"{self.name}/{header.source}".encode() if how == m.STREAM else None
         frame = Frame(
             header, payloads, received, wall, (_Answer(token, topic, self.out), []),
@@ -160,21 +159,18 @@ class Child:
         return frame
 
     def run(self) -> None:
-        sock, batch = self.sock, self.worker.max_batch
+        line, batch = self.line, self.worker.max_batch
         delay = self.worker.max_delay
         stop = False
         while not stop:
-            msg = sock.recv_multipart(copy=False)
-            if msg[0].bytes[:1] == m.STOP:
+            msg = line.recv()
+            if msg is None:  # the daemon closed the line (or died): nothing more will come
                 break
             frames = [self.frame(msg)]
             end = time.monotonic() + delay
-            while len(frames) < batch:
-                left = max(0.0, end - time.monotonic()) * 1000
-                if not sock.poll(left):
-                    break
-                msg = sock.recv_multipart(copy=False)
-                if msg[0].bytes[:1] == m.STOP:
+            while len(frames) < batch and line.wait(max(0.0, end - time.monotonic())):
+                msg = line.recv()
+                if msg is None:
                     stop = True
                     break
                 frames.append(self.frame(msg))
@@ -182,9 +178,8 @@ class Child:
         self.stopping.set()
         self.tally_thread.join(BEAT_S * 2)
         self.flush()
-        self.sock.close()
-        self.tally_sock.close()
-        self.ctx.term()
+        self.line.close()
+        self.tally_line.close()
 
     def serve(self, frames: list[Frame]) -> None:
         self.worker.current = frames
@@ -199,8 +194,11 @@ class Child:
                     self.relay.error(frame, self.name, "internal", "internal error, see the daemon log")
         self.worker.current = []
         out, self.out[:] = list(self.out), []
-        for parts in out:  # small parts are cheaper copied; tensors go as they are
-            send_message(self.sock, parts, copy=not any(isinstance(p, np.ndarray) for p in parts))
+        try:
+            for parts in out:  # one system call each, the tensors gathered from where they are
+                self.line.send(parts)
+        except OSError:  # the daemon is gone: the next read ends the loop
+            log.debug("model %s: the daemon closed the line", self.name)
 
 
 def _die_with_parent() -> None:

@@ -1,29 +1,26 @@
-"""What the daemon and its worker processes say to each other (one ROUTER in the daemon, a DEALER
-in each worker, over ipc:// in a private folder). Small fixed headers: the pixels are in the slots.
+"""What the daemon and its worker processes say to each other, on two lines per worker (Unix
+socketpairs, channel.py). Small fixed headers: the pixels are in the slots.
 
 daemon -> worker   [FRAME meta + frame header JSON, inline payloads...]  (one part; inline: no slot)
-                   [STOP]
 worker -> daemon   [RESULT token, topic, header, tensors...]             a streamed frame's result
                    [REPLY token, parts...]                               a router/frigate frame's answer
                    [DROP|REJECT|ERROR token, reason, message]            counted (and answered) by the daemon
                    [EVENTS token, topic, event JSON...]                  zone events to publish (before the
                                                                          frame's answer; the token stays open)
-                   [HELLO]                                               connected, model loaded
+                   [HELLO]                                               model loaded, frames welcome
 daemon -> tally    [SYNC id]                                             a scrape wants the counts now
 tally -> daemon    [METRICS id, json]                                    a Tally's rows (tally.py); id 0:
                                                                          the every-second heartbeat
-The tally end is a second DEALER in the worker (identity + TALLY), served by its own thread, so it
-answers while the worker is inside an inference. Few parts per message: each costs ~3 us in Python.
-"""
+The tally line is served by its own thread in the worker, so it answers while the worker is
+inside an inference. The daemon closing the frame line tells the worker to stop."""
 
 from __future__ import annotations
 
 import struct
 
-FRAME, STOP = b"F", b"S"
+FRAME = b"F"
 RESULT, REPLY, DROP, REJECT, ERROR, METRICS, HELLO, EVENTS = b"P", b"R", b"D", b"J", b"E", b"M", b"H", b"V"
 SYNC = b"Y"
-TALLY = b"+t"  # the tally socket's identity: the worker's own plus this
 SYNC_ID = struct.Struct("<cQ")  # SYNC or METRICS, sync id
 
 STREAM, ROUTER, FRIGATE = 0, 1, 2  # how a frame is answered

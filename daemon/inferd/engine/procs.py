@@ -15,10 +15,8 @@ import json
 import logging
 import os
 import select
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from itertools import count
@@ -27,11 +25,11 @@ from pathlib import Path
 import zmq
 
 from inferd.engine import messages as m
+from inferd.engine.channel import Channel, pair
 from inferd.engine.pipeline import Frame, ModelQueue
 from inferd.engine.slots import Slot
 from inferd.engine.tally import apply
 from inferd.errors import ModelLoadError
-from inferd.ingest.parts import recv_message, send_message
 
 log = logging.getLogger("inferd.workers")
 START_TIMEOUT_S = 120.0
@@ -39,7 +37,7 @@ BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # restart delays after quick death
 STABLE_S = 30.0  # a worker that ran this long before dying starts the backoff over
 SILENT_S = 5.0  # an idle worker beats every second (child.py): this long without a word, it is stopped
 _tokens = count(1)
-_lives = count(1)  # a worker's identity on the hub is new for each process, across pools and reloads
+_lives = count(1)  # a worker's identity (its name in logs and syncs) is new for each process
 
 
 class RemoteModel:
@@ -83,6 +81,8 @@ class WorkerProcess:
         self.inflight: dict[int, tuple[Frame, int, float]] = {}  # token -> frame, slot, sent at
         self.proc: subprocess.Popen | None = None
         self.identity = b""
+        self.channel: Channel | None = None  # frames out, answers in (channel.py)
+        self.tally: Channel | None = None  # the tally thread's line: counts and heartbeats
         self.connected = False  # its hello arrived: frames can be sent
         self.started = 0.0
         self.deaths = 0  # quick deaths in a row
@@ -118,23 +118,43 @@ class WorkerProcess:
         """Start the process; the read end of its ready pipe."""
         self.identity = f"{self.name}.{next(_lives)}".encode()
         self.connected = False
+        self.close_lines()
         read_fd, write_fd = os.pipe()
+        (ours, theirs), (tally_ours, tally_theirs) = pair(), pair()
         spec = dict(self.pool.spec, index=self.index, identity=self.identity.decode(),
-                    slots=[s.fd for s in self.slots], ready_fd=write_fd)  # fmt: skip
+                    slots=[s.fd for s in self.slots], ready_fd=write_fd,
+                    channel=theirs.fileno(), tally=tally_theirs.fileno())  # fmt: skip
         env = dict(os.environ, INFERD_WORKER=json.dumps(spec))
         try:
             self.proc = subprocess.Popen(
                 # the model's name is only for ps/top: which process serves what
                 [sys.executable, "-m", "inferd.engine.child", self.pool.name, str(self.index)],
-                env=env, close_fds=True,
-                pass_fds=(write_fd, *(s.fd for s in self.slots)), stdin=subprocess.DEVNULL,
+                env=env, close_fds=True, stdin=subprocess.DEVNULL,
+                pass_fds=(write_fd, theirs.fileno(), tally_theirs.fileno(), *(s.fd for s in self.slots)),
             )  # fmt: skip
+        except BaseException:
+            ours.close()
+            tally_ours.close()
+            raise
         finally:
             os.close(write_fd)
+            theirs.close()
+            tally_theirs.close()
+        self.channel, self.tally = Channel(ours, blocking=False), Channel(tally_ours, blocking=False)
         self.started = time.monotonic()
+        if self.pool.hub is not None:  # a restart: the hub reads it from now on
+            self.pool.hub.watch(self)
         return read_fd
 
-    def send(self, sock: zmq.Socket, frame: Frame, how: int, header: bytes) -> None:
+    def close_lines(self) -> None:
+        for line in (self.channel, self.tally):
+            if line is not None:
+                if self.pool.hub is not None:
+                    self.pool.hub.unwatch(line)
+                line.close()
+        self.channel = self.tally = None
+
+    def send(self, frame: Frame, how: int, header: bytes) -> None:
         slot = self.free.pop()
         spans = self.slots[slot].write(frame.payloads)
         token = next(_tokens)
@@ -144,7 +164,7 @@ class WorkerProcess:
             -1 if frame.max_elements is None else frame.max_elements, slot, how, spans, header,
         )  # fmt: skip
         self.inflight[token] = (frame, slot, time.monotonic())
-        send_message(sock, [self.identity, data])
+        self.channel.send([data])
 
     def done(self, token: int) -> Frame | None:
         entry = self.inflight.pop(token, None)
@@ -160,6 +180,7 @@ class WorkerProcess:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(10.0)
+        self.close_lines()
         for slot in self.slots:
             slot.close()
         self.slots = []
@@ -183,6 +204,7 @@ class WorkerPool:
         self.stateful = model.keeps_state()
         self.owner: dict[str, WorkerProcess] = {}  # source -> its worker (stateful models only)
         self.spec = dict(spec, model=cfg.model_dump(mode="json"))
+        self.hub: Hub | None = None  # set when the hub reads this pool's workers (Hub.add)
         self.workers = [WorkerProcess(self, i) for i in range(cfg.instances)]
         self.restarts = metrics.worker_restarts.labels(self.name)
         self.stopping = False
@@ -202,7 +224,7 @@ class WorkerPool:
 
     # ---- IO thread ---------------------------------------------------------------------------
 
-    def pump(self, sock: zmq.Socket) -> None:
+    def pump(self) -> None:
         """Hand queued frames to workers with room: first up to a batch each, then one `fifo` frame
         ahead to workers that are busy (only when every worker has its batch)."""
         queue, policies, batch = self.queue, self.policies, self.batch
@@ -223,7 +245,7 @@ class WorkerPool:
                     frame = queue.take_nowait(accept if ahead or owner is not None else None)
                     if frame is None:
                         break
-                    self._send(sock, w, frame)
+                    self._send(w, frame)
         if queue.closed and not queue.size and not any(w.inflight for w in self.workers):
             self.drained.set()
 
@@ -235,7 +257,7 @@ class WorkerPool:
             out += [frame.source for frame, _, _ in held[self.batch :]]
         return out
 
-    def _send(self, sock: zmq.Socket, w: WorkerProcess, frame: Frame) -> None:
+    def _send(self, w: WorkerProcess, frame: Frame) -> None:
         if frame.codec is not None:
             how, header = m.FRIGATE, json.dumps(frame.header.to_json()).encode()
         else:
@@ -243,9 +265,9 @@ class WorkerPool:
             header = frame.raw_header
             header = header.bytes if isinstance(header, zmq.Frame) else bytes(header)
         try:
-            w.send(sock, frame, how, header)
-        except zmq.ZMQError as e:  # the worker went away between its death and our noticing
-            log.debug("worker %s unreachable: %s", w.name, e)
+            w.send(frame, how, header)
+        except OSError as e:  # the worker went away between its death and our noticing (it holds
+            log.debug("worker %s unreachable: %s", w.name, e)  # the frame: answered when seen dead)
 
     def answer(self, w: WorkerProcess, kind: bytes, token: int, parts: list) -> None:
         frame = w.done(token)
@@ -275,6 +297,9 @@ class WorkerPool:
         if w.hung is not None:
             reason, message, how = "worker_hung", f"worker process killed: {w.hung}", w.hung
         w.hung = None
+        if self.hub is not None:  # what it said before it died still counts
+            self.hub.drain(w)
+        w.close_lines()
         held = list(w.inflight)
         for token in held:
             frame = w.done(token)
@@ -338,73 +363,79 @@ class WorkerPool:
 
 
 class Hub:
-    """The daemon's end of the worker channel: a ROUTER on an ipc path in a private folder."""
+    """The daemon's end of the worker processes' lines (channel.py): one epoll set over all of
+    them, whose descriptor the IO loop polls with its sockets."""
 
-    def __init__(self, ctx: zmq.Context, metrics) -> None:
+    def __init__(self, metrics) -> None:
         self.metrics = metrics
-        # under systemd, the unit's RuntimeDirectory (/run/inferd: gone with the service even after
-        # a kill -9); elsewhere a private temporary folder
-        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-        runtime = runtime if runtime and os.path.isdir(runtime) else None
-        self.folder = tempfile.mkdtemp(prefix="inferd-workers-", dir=runtime)
-        self.address = f"ipc://{self.folder}/hub"
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(self.address)
+        self.epoll = select.epoll()
+        self.fd = self.epoll.fileno()
         self.pools: list[WorkerPool] = []
-        self._workers: dict[bytes, WorkerProcess] = {}
-        self._early: set[bytes] = set()  # hellos of a reload's pool that is not added yet
+        self._lines: dict[int, tuple[WorkerProcess, Channel, bool]] = {}  # fd -> worker, line, tally?
         self._sync = 0  # the last scrape's request for counts (request_sync)
         self._synced: dict[bytes, int] = {}  # worker identity -> the last request it answered
         self._synced_cond = threading.Condition()
 
     def add(self, pool: WorkerPool) -> None:
-        """IO thread (or before it runs)."""
+        """IO thread (or before it runs): read this pool's workers from now on."""
         self.pools.append(pool)
+        pool.hub = self
         for w in pool.workers:
-            if w.identity in self._early:
-                self._early.discard(w.identity)
-                w.connected = True
-                w.last_progress = time.monotonic()  # its hello is its first word: not silent since load
+            self.watch(w)
 
     def remove(self, pool: WorkerPool) -> None:
         if pool in self.pools:
             self.pools.remove(pool)
+        for w in pool.workers:
+            for line in (w.channel, w.tally):
+                if line is not None:
+                    self.unwatch(line)
 
-    def _worker(self, identity: bytes) -> WorkerProcess | None:
-        w = self._workers.get(identity)
-        if w is None:
-            self._workers = {x.identity: x for p in self.pools for x in p.workers}
-            w = self._workers.get(identity)
-        return w
+    def watch(self, w: WorkerProcess) -> None:
+        for line, tally in ((w.channel, False), (w.tally, True)):
+            if line is not None and line.open and line.fileno() not in self._lines:
+                self._lines[line.fileno()] = (w, line, tally)
+                self.epoll.register(line.fileno(), select.EPOLLIN)
 
-    def read(self, budget: int = 512) -> None:
+    def unwatch(self, line: Channel) -> None:
+        fd = line.fileno()
+        if fd >= 0 and self._lines.get(fd, (None, None))[1] is line:
+            del self._lines[fd]
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(fd)
+
+    def read(self) -> None:
         """Forward what the workers sent (IO thread)."""
-        sock = self.sock
-        for _ in range(budget):
-            msg = recv_message(sock)  # small parts: bytes are cheaper than Frames
-            if msg is None:
-                break
-            identity = msg[0]
-            tally = identity.endswith(m.TALLY)
-            w = self._worker(identity[: -len(m.TALLY)] if tally else identity)
-            if w is None:  # a worker of a retired pool, an earlier life of one, or a new pool's
-                if msg[1] == m.HELLO and len(self._early) < 1024:
-                    self._early.add(identity)
-                continue
+        for fd, _ in self.epoll.poll(0):
+            entry = self._lines.get(fd)
+            if entry is not None:
+                w, line, tally = entry
+                if not line.read():  # its process ended (sweep answers what it held)
+                    self.unwatch(line)
+                self._deliver(w, line, tally)
+
+    def drain(self, w: WorkerProcess) -> None:
+        """A worker is dead: take in the answers it sent before it died."""
+        for line, tally in ((w.channel, False), (w.tally, True)):
+            if line is not None and line.open:
+                while line.read() and line.messages:
+                    self._deliver(w, line, tally)
+                self._deliver(w, line, tally)
+
+    def _deliver(self, w: WorkerProcess, line: Channel, tally: bool) -> None:
+        messages = line.messages
+        while messages:
+            msg = messages.popleft()
             try:
                 self._handle(w, msg, tally)
             except Exception:  # a bug here must not end the IO thread: every other frame needs it
                 log.exception("model %s: bad message from worker process %d", w.pool.name, w.index)
 
     def _handle(self, w: WorkerProcess, msg: list, tally: bool) -> None:
-        head = msg[1]
+        head = msg[0]
         if tally:  # [METRICS sync id, rows]: a scrape's answer or the heartbeat
             sync = m.SYNC_ID.unpack(head)[1]
-            apply(self.metrics, json.loads(msg[2]))
+            apply(self.metrics, json.loads(msg[1]))
             w.last_progress = time.monotonic()
             if sync:
                 with self._synced_cond:
@@ -416,9 +447,9 @@ class Hub:
         else:
             kind, token = m.TOKEN.unpack(head)
             if kind == m.EVENTS:  # the frame's answer follows
-                w.pool.replies.publish([[msg[2], body] for body in msg[3:]])
+                w.pool.replies.publish([[msg[1], body] for body in msg[2:]])
             else:
-                w.pool.answer(w, kind, token, msg[2:])
+                w.pool.answer(w, kind, token, msg[1:])
 
     def request_sync(self) -> tuple[int, set[bytes]]:
         """IO thread: ask every worker process for its counts now; (the request's id, who was asked)."""
@@ -429,10 +460,10 @@ class Hub:
             self._synced = {i: n for i, n in self._synced.items() if i in live}
         for pool in self.pools:
             for w in pool.workers:
-                if w.connected and w.is_alive():
+                if w.connected and w.is_alive() and w.tally is not None:
                     try:
-                        self.sock.send_multipart([w.identity + m.TALLY, m.SYNC_ID.pack(m.SYNC, self._sync)])
-                    except zmq.ZMQError:  # its tally socket is not connected (yet, or any more)
+                        w.tally.send([m.SYNC_ID.pack(m.SYNC, self._sync)])
+                    except OSError:  # it is dying: the sweep will see it
                         continue
                     asked.add(w.identity)
         return self._sync, asked
@@ -447,15 +478,18 @@ class Hub:
     def pump(self) -> None:
         for pool in self.pools:
             if pool.queue.size or pool.queue.closed:
-                pool.pump(self.sock)
+                pool.pump()
 
     def sweep(self, now: float) -> None:
         for pool in self.pools:
+            for w in pool.workers:  # what a full socket refused (rare: the next send flushes too)
+                for line in (w.channel, w.tally):
+                    if line is not None and line.backlog:
+                        line.flush()
             pool.sweep(now)
 
     def close(self) -> None:
-        self.sock.close(linger=0)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.epoll.close()
 
 
 def _wait_ready(pipes: dict[int, WorkerProcess], deadline: float, name: str) -> list[dict]:

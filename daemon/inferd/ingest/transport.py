@@ -196,7 +196,7 @@ class Transport:
                 self._calls.get()()
             if self.hub is not hub:  # the first model served by worker processes came with a reload
                 hub = self.hub
-                poller.register(hub.sock, zmq.POLLIN)
+                poller.register(hub.fd, zmq.POLLIN)
             if self._rewatch:  # endpoints or held-back frames changed since the last turn
                 self._rewatch = False
                 polled = self._watch(poller, polled)
@@ -205,7 +205,7 @@ class Transport:
             due = more if events else set(polled)
             if self.outbox in events:
                 due |= self._forward()
-            if hub is not None and hub.sock in events:
+            if hub is not None and hub.fd in events:
                 hub.read()
             more = set()
             for i, item in polled.items():
