@@ -14,6 +14,7 @@ the part of a frame's path that is serialized, whatever K is).
 
   .venv/bin/python -m benchmarks.cores                       # the issue #22 table (~5 min)
   .venv/bin/python -m benchmarks.cores --cases noop --ks 1 --workers processes threads
+  .venv/bin/python -m benchmarks.cores --cases noop --ks 1 --workers threads --floor  # vs floor.py
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import floor
 from benchmarks.common import MODELS, Daemon, cpu_seconds, save
 from benchmarks.models import model as bench_model
 
@@ -212,7 +214,25 @@ def _sampler(pid: int):
 # ---- one row ---------------------------------------------------------------------------------
 
 
-def run_row(case: str, k: int, seconds: float, workers: str, pushers: int | None, rate: float = 0) -> dict:
+def floor_cpu(case: str, threads: int, seconds: float, pushers: int, rate: float) -> float:
+    """CPU per streamed frame (us) of floor.py's bare server, fed and read as the daemon is."""
+    model, kind, shape, _, _ = CASES[case]
+    pull, pub = floor.addresses(f"{os.getpid()}-{threads}")
+    jobs = [(floor.serve, (str(model_path(model)), kind, threads, f"{os.getpid()}-{threads}"))]
+    jobs += [(_push, (pull, f"cam{i}", kind, shape, rate / pushers)) for i in range(pushers)]
+    counts = _run([*jobs, (_count, (pub,))], seconds)
+    return counts[0] / max(counts[-1], 1)
+
+
+def run_row(
+    case: str,
+    k: int,
+    seconds: float,
+    workers: str,
+    pushers: int | None,
+    rate: float = 0,
+    with_floor: bool = False,
+) -> dict:
     model, kind, shape, options, _ = CASES[case]
     path = str(model_path(model))
     bare = sum(_run([(_bare, (path, kind, shape))] * k, seconds)) / seconds
@@ -237,10 +257,18 @@ def run_row(case: str, k: int, seconds: float, workers: str, pushers: int | None
         "daemon_cpu_us_per_frame": round(cpu / max(counts[-1], 1) * 1e6, 1),
         "io_thread_us_per_frame": round(io / max(counts[-1], 1) * 1e6, 1),
     }  # fmt: skip
+    floors = ""
+    if with_floor:  # the same stream into the bare Python server, one thread then two
+        for threads in (1, 2):
+            row[f"floor{threads}_cpu_us_per_frame"] = round(floor_cpu(case, threads, seconds, p, rate), 1)
+        floors = (
+            f"; floor: 1 thread {row['floor1_cpu_us_per_frame']:.1f}, 2 threads {row['floor2_cpu_us_per_frame']:.1f}"
+            f" us/frame (daemon {row['daemon_cpu_us_per_frame'] / row['floor1_cpu_us_per_frame']:.2f}x the one-thread floor)"
+        )
     print(
         f"{case:7} K={k:<2} {workers:9} {f'@{rate:g}/s ' if rate else ''}bare {bare:9.0f}/s | stream {stream:9.0f}/s {row['stream_vs_bare']:5.2f}x"
         f" | router {router:9.0f}/s {row['router_vs_bare']:5.2f}x | daemon CPU {row['daemon_cpu_us_per_frame']:7.1f}"
-        f" us/frame, IO thread {row['io_thread_us_per_frame']:5.1f} us/frame",
+        f" us/frame, IO thread {row['io_thread_us_per_frame']:5.1f} us/frame{floors}",
         flush=True,
     )
     return row
@@ -260,6 +288,12 @@ def main() -> None:
         help="pace the stream at this many frames/s in all "
         "(0: as fast as the daemon takes them); the daemon's CPU per frame is measured quiet",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also stream the same frames into floor.py's bare Python server (one thread, then two) "
+        "and print the daemon's CPU per frame against it",
+    )
     p.add_argument("--name", default="cores", help="results/NAME.json")
     args = p.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -270,7 +304,7 @@ def main() -> None:
                 print(f"{case} K={k}: skipped, this machine has {cores} cores")
                 continue
             for workers in args.workers:
-                rows.append(run_row(case, k, args.seconds, workers, args.pushers, args.rate))
+                rows.append(run_row(case, k, args.seconds, workers, args.pushers, args.rate, args.floor))
     print("saved", save(args.name, {"rows": rows, "seconds": args.seconds}))
 
 
