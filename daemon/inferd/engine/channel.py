@@ -15,6 +15,7 @@ to do). The end of the stream (`read` returns False) is the other side's death o
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
@@ -180,7 +181,7 @@ class Channel:
         if self._poll is None:
             self._poll = select.poll()
             self._poll.register(self.sock.fileno(), select.POLLIN)
-        return bool(self._poll.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        return bool(self._poll.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
 
     def recv(self) -> list[bytes] | None:
         """The worker's side: the next message (waiting for it), or None at the end of the stream."""
