@@ -124,6 +124,7 @@ class Channel:
         for _ in range(64):  # the daemon's side: a bounded turn (its poll says when more is there)
             if self.end == len(self.buf):
                 self._make_room()
+            room = len(self.buf) - self.end
             try:
                 got = self.sock.recv_into(self.view[self.end :], 0, flags)
             except BlockingIOError:
@@ -135,6 +136,8 @@ class Channel:
                 return False
             self.end += got
             self._cut()
+            if got < room and (self.messages or not self.blocking):
+                return True  # it took all there was: no second call just to hear EAGAIN
             if self.messages:
                 flags = _DONTWAIT  # a blocking reader has its message: take the rest only if there
         return True
