@@ -214,6 +214,16 @@ def _sampler(pid: int):
 # ---- one row ---------------------------------------------------------------------------------
 
 
+def _wait_idle(d: Daemon, timeout: float = 120.0) -> None:
+    """Until the stream's frames still queued are served: with a slow model they would take the
+    router's window (fair turns between the stream's sources and the router's)."""
+    end, quiet = time.monotonic() + timeout, 0
+    while time.monotonic() < end and quiet < 2:
+        queued = sum(v for (name, _), v in d.scrape().items() if name == "inferd_queue_depth")
+        quiet = quiet + 1 if queued == 0 else 0
+        time.sleep(0.2)
+
+
 def floor_cpu(case: str, threads: int, seconds: float, pushers: int, rate: float) -> float:
     """CPU per streamed frame (us) of floor.py's bare server, fed and read as the daemon is."""
     model, kind, shape, _, _ = CASES[case]
@@ -247,6 +257,7 @@ def run_row(
         ]
         counts, (cpu, io) = _run(jobs, seconds, _sampler(d.proc.pid))
         stream = counts[-1] / seconds
+        _wait_idle(d)
         router = sum(_run([(_ask, (d.router, kind, shape))] * (2 * k), seconds)) / seconds
     finally:
         d.stop()
