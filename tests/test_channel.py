@@ -3,6 +3,7 @@ whatever their size, the daemon's side never blocking, the end of the stream see
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import numpy as np
@@ -75,6 +76,7 @@ def test_a_message_larger_than_the_buffer_and_the_socket_arrives_whole(ends):
 
 def test_the_daemons_side_never_blocks_and_keeps_the_order(ends):
     daemon, worker = ends
+    daemon.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)  # whatever the sysctls
     chunk = b"y" * 50_000
     for i in range(100):  # 5 MB: far more than a socket buffer holds, the worker reads nothing yet
         daemon.send([i.to_bytes(2, "little"), chunk])

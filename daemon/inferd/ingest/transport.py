@@ -60,6 +60,7 @@ class Transport:
         self._sources: set[str] = set()
         self._received: dict = {}  # source -> its frames_received counter (labels() is not free)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._rearmed: set[int] = set()  # endpoints whose signal this thread's reply took (Endpoint.reply)
         self._next_id = 0
         self._io_thread: int | None = None
         self.last_loop = time.monotonic()
@@ -95,7 +96,7 @@ class Transport:
             frigate = FrigateRequests(cfg, getattr(model.postprocess, "format", None) if model else None)
         sock = self._socket(cfg, self._next_id)
         ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, sock, frigate, self.replies.wake)
-        ep.io_thread = self._io_thread
+        ep.io_thread, ep.rearm = self._io_thread, self._rearmed.add
         return ep
 
     def _publisher(self, res: ResultsConfig) -> zmq.Socket:
@@ -200,13 +201,18 @@ class Transport:
             if self._rewatch:  # endpoints or held-back frames changed since the last turn
                 self._rewatch = False
                 polled = self._watch(poller, polled)
-            events = dict(poller.poll(0 if more else 5 if self._pending else 50))
-            # nothing for 50 ms: every endpoint is read anyway (a safety net; costs ~5 us each)
-            due = more if events else set(polled)
+            events = dict(poller.poll(0 if more or self._rearmed else 5 if self._pending else 50))
+            # nothing for 50 ms, or a sweep's turn (every 20 ms): every endpoint is read anyway, a
+            # safety net against a missed edge that traffic on another endpoint cannot hold off
+            # (costs ~5 us an endpoint)
+            due = more if events and now - last_sweep < SWEEP_S else set(polled)
             if self.outbox in events:
                 due |= self._forward()
             if hub is not None and hub.fd in events:
                 hub.read()
+            if self._rearmed:
+                due |= self._rearmed
+                self._rearmed.clear()
             more = set()
             for i, item in polled.items():
                 # a ROUTER's FD is edge-triggered: it is read when its FD fires, when a worker's
