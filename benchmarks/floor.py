@@ -24,6 +24,9 @@ import os
 import threading
 import time
 
+from inferd.ingest.parts import recv_message, send_message
+from inferd.protocol import decode_header, decode_payload
+
 ROOM = 64  # frames between the two threads at most (inferd's fifo queue_size in cores.py)
 ADDRESSES = ("ipc:///tmp/inferd-floor-{}-in", "ipc:///tmp/inferd-floor-{}-out")
 
@@ -53,7 +56,11 @@ class _Server:
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
         self.pub.bind(pub)
         self.session, self.input = _session(path)
-        self.camera = kind == "camera"
+        self.camera = None
+        if kind == "camera":  # resized as inferd does (imported here: cores.py imports this module)
+            from benchmarks.cores import camera_input
+
+            self.camera = camera_input
         registry = CollectorRegistry()
         self.received = Counter("received", "", ["source"], registry=registry)
         self.latency = Histogram("latency", "", ["model"], registry=registry).labels("m")
@@ -61,9 +68,6 @@ class _Server:
 
     def receive(self):
         """One frame (header, array, arrival time) or None when none is waiting."""
-        from inferd.ingest.parts import recv_message
-        from inferd.protocol import decode_header, decode_payload
-
         parts = recv_message(self.pull, copy=False)
         if parts is None:
             return None
@@ -73,12 +77,8 @@ class _Server:
         return header, decode_payload(header.parts[0], parts[1].buffer, 1 << 26), t0
 
     def answer(self, header, array, t0: float) -> None:
-        from inferd.ingest.parts import send_message
-
         if self.camera:
-            from benchmarks.cores import camera_input
-
-            array = camera_input(array)
+            array = self.camera(array)
         out = self.session.run(None, {self.input: array})[0]
         head = json.dumps(
             {"v": 1, "status": "ok", "model": "m", "source": header.source, "seq": header.seq,

@@ -10,7 +10,7 @@ import zmq
 
 from inferd.client import InferClient, ResultSubscriber
 from inferd.errors import RequestError, RequestTimeout
-from inferd.ingest.endpoints import HARD_LIMIT_FACTOR
+from inferd.ingest.endpoints import HARD_LIMIT_FACTOR, Endpoint
 from inferd.ingest.ipc import unlink_ipc
 from tests.daemon_harness import DaemonProcess, raw_header
 
@@ -145,3 +145,41 @@ def test_an_ipc_path_a_live_daemon_serves_is_refused_and_a_stale_one_reused(tmp_
     finally:
         assert first.stop() == 0
     assert not (shared / "frames.sock").exists()  # its own files removed at exit
+
+
+def test_a_reply_that_takes_in_a_waiting_requests_signal_wakes_the_io_thread_on_any_thread():
+    """A ROUTER is polled by its edge-triggered FD: a reply's send can take in the signal of a
+    request that arrived meanwhile. Endpoint.reply must say so (the endpoint's id to `wake`) from
+    any thread, the IO thread's own replies (worker processes' answers, rejects) included: the
+    IO loop would otherwise not read that request while other endpoints keep its poll busy."""
+    import threading
+
+    from inferd.config import EndpointConfig
+    from inferd.ingest.parts import readable
+
+    ctx = zmq.Context()
+    router, client = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    router.bind("inproc://reply-wake")
+    client.connect("inproc://reply-wake")
+    woken: list[int] = []
+    ep = Endpoint(7, EndpointConfig(type="router", bind="inproc://reply-wake"), router, wake=woken.append)
+    try:
+        client.send_multipart([b"", b"first"])
+        first = router.recv_multipart()
+        client.send_multipart([b"", b"second"])  # arrives, unread, before the reply below
+        end = time.monotonic() + 5
+        while not readable(router):
+            assert time.monotonic() < end, "the second request never arrived"
+            time.sleep(0.01)
+        ep.reply([first[0], b"", b"answer"])  # on this thread, as the IO thread answers
+        assert woken == [7]
+        other = threading.Thread(target=ep.reply, args=([first[0], b"", b"again"],))
+        other.start()
+        other.join(5)
+        assert woken == [7, 7]
+        assert client.recv_multipart()[-1] == b"answer"
+        assert router.recv_multipart()[-1] == b"second"
+        ep.reply([first[0], b"", b"late"])  # nothing waits now: nobody is woken
+        assert woken == [7, 7]
+    finally:
+        ctx.destroy(linger=0)

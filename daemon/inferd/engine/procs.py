@@ -118,7 +118,6 @@ class WorkerProcess:
         """Start the process; the read end of its ready pipe."""
         self.identity = f"{self.name}.{next(_lives)}".encode()
         self.connected = False
-        self.close_lines()
         read_fd, write_fd = os.pipe()
         (ours, theirs), (tally_ours, tally_theirs) = pair(), pair()
         spec = dict(self.pool.spec, index=self.index, identity=self.identity.decode(),
@@ -146,12 +145,17 @@ class WorkerProcess:
             self.pool.hub.watch(self)
         return read_fd
 
+    @property
+    def lines(self) -> list[tuple[Channel, bool]]:
+        """Its open lines to the daemon: (line, whether it is the tally's)."""
+        pairs = ((self.channel, False), (self.tally, True))
+        return [(line, tally) for line, tally in pairs if line is not None]
+
     def close_lines(self) -> None:
-        for line in (self.channel, self.tally):
-            if line is not None:
-                if self.pool.hub is not None:
-                    self.pool.hub.unwatch(line)
-                line.close()
+        for line, _ in self.lines:
+            if self.pool.hub is not None:
+                self.pool.hub.unwatch(line)
+            line.close()
         self.channel = self.tally = None
 
     def send(self, frame: Frame, how: int, header: bytes) -> None:
@@ -387,13 +391,12 @@ class Hub:
         if pool in self.pools:
             self.pools.remove(pool)
         for w in pool.workers:
-            for line in (w.channel, w.tally):
-                if line is not None:
-                    self.unwatch(line)
+            for line, _ in w.lines:
+                self.unwatch(line)
 
     def watch(self, w: WorkerProcess) -> None:
-        for line, tally in ((w.channel, False), (w.tally, True)):
-            if line is not None and line.open and line.fileno() not in self._lines:
+        for line, tally in w.lines:
+            if line.open and line.fileno() not in self._lines:
                 self._lines[line.fileno()] = (w, line, tally)
                 self.epoll.register(line.fileno(), select.EPOLLIN)
 
@@ -416,8 +419,8 @@ class Hub:
 
     def drain(self, w: WorkerProcess) -> None:
         """A worker is dead: take in the answers it sent before it died."""
-        for line, tally in ((w.channel, False), (w.tally, True)):
-            if line is not None and line.open:
+        for line, tally in w.lines:
+            if line.open:
                 while line.read() and line.messages:
                     self._deliver(w, line, tally)
                 self._deliver(w, line, tally)
@@ -483,8 +486,8 @@ class Hub:
     def sweep(self, now: float) -> None:
         for pool in self.pools:
             for w in pool.workers:  # what a full socket refused (rare: the next send flushes too)
-                for line in (w.channel, w.tally):
-                    if line is not None and line.backlog:
+                for line, _ in w.lines:
+                    if line.backlog:
                         line.flush()
             pool.sweep(now)
 

@@ -51,8 +51,6 @@ class Endpoint:
         self.lock = threading.Lock()
         self.closed = False
         self.wake = wake  # wakes the IO thread (a reply's send saw a new request arrive)
-        self.io_thread: int | None = None  # the IO thread's ident: its own replies rearm, not wake
-        self.rearm = None  # the IO thread's: read this endpoint on the next turn (transport.py)
         self.watch = sock.getsockopt(zmq.FD) if self.replies else sock  # what the IO thread polls
 
     def reply(self, parts: list) -> None:
@@ -67,12 +65,8 @@ class Endpoint:
                 log.debug("reply to a router peer not sent: %s", e)
             # the send may have consumed the FD's signal of a request that arrived meanwhile
             arrived = readable(sock)
-        if arrived:
-            if threading.get_ident() != self.io_thread:
-                if self.wake is not None:
-                    self.wake(self.id)
-            elif self.rearm is not None:  # the IO thread's own reply (worker processes' answers,
-                self.rearm(self.id)  # rejects): its poll will not see that request's signal again
+        if arrived and self.wake is not None:  # whoever sent it, the IO thread included (worker
+            self.wake(self.id)  # processes' answers, rejects): its poll will not see that signal
 
     def recv(self) -> list[zmq.Frame] | None:
         """The next message, or None (IO thread)."""

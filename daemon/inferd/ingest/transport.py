@@ -60,9 +60,7 @@ class Transport:
         self._sources: set[str] = set()
         self._received: dict = {}  # source -> its frames_received counter (labels() is not free)
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
-        self._rearmed: set[int] = set()  # endpoints whose signal this thread's reply took (Endpoint.reply)
         self._next_id = 0
-        self._io_thread: int | None = None
         self.last_loop = time.monotonic()
         self.hub = None  # engine.procs.Hub: worker processes, fed and answered by the IO thread
 
@@ -96,7 +94,6 @@ class Transport:
             frigate = FrigateRequests(cfg, getattr(model.postprocess, "format", None) if model else None)
         sock = self._socket(cfg, self._next_id)
         ep = self.endpoints[self._next_id] = Endpoint(self._next_id, cfg, sock, frigate, self.replies.wake)
-        ep.io_thread, ep.rearm = self._io_thread, self._rearmed.add
         return ep
 
     def _publisher(self, res: ResultsConfig) -> zmq.Socket:
@@ -182,9 +179,6 @@ class Transport:
 
     def run(self) -> None:
         name_os_thread("inferd-io")  # benchmarks/cores.py reads this thread's CPU time
-        self._io_thread = threading.get_ident()
-        for ep in self.endpoints.values():
-            ep.io_thread = self._io_thread
         poller = zmq.Poller()
         poller.register(self.outbox, zmq.POLLIN)
         hub = None
@@ -201,7 +195,7 @@ class Transport:
             if self._rewatch:  # endpoints or held-back frames changed since the last turn
                 self._rewatch = False
                 polled = self._watch(poller, polled)
-            events = dict(poller.poll(0 if more or self._rearmed else 5 if self._pending else 50))
+            events = dict(poller.poll(0 if more else 5 if self._pending else 50))
             # nothing for 50 ms, or a sweep's turn (every 20 ms): every endpoint is read anyway, a
             # safety net against a missed edge that traffic on another endpoint cannot hold off
             # (costs ~5 us an endpoint)
@@ -210,9 +204,6 @@ class Transport:
                 due |= self._forward()
             if hub is not None and hub.fd in events:
                 hub.read()
-            if self._rearmed:
-                due |= self._rearmed
-                self._rearmed.clear()
             more = set()
             for i, item in polled.items():
                 # a ROUTER's FD is edge-triggered: it is read when its FD fires, when a worker's
